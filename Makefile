@@ -1,0 +1,44 @@
+# grpc-mesh developer tasks. `make test` is what CI runs; `make demo` runs the example mesh.
+SHELL := /bin/bash
+.DEFAULT_GOAL := test
+
+VENV := .venv
+PY := $(VENV)/bin/python
+# Rebuilt whenever pyproject.toml changes, so `make venv` is a no-op when nothing did.
+VENV_STAMP := $(VENV)/.grpc-mesh-dev-installed
+BUF := node_modules/.bin/buf
+
+.PHONY: venv tools protos check-protos buf-lint lint test demo
+
+venv: $(VENV_STAMP)
+
+$(VENV_STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	touch $@
+
+tools:
+	bash scripts/setup-tools.sh
+
+protos: venv
+	$(PY) scripts/gen_protos.py
+
+check-protos: venv
+	$(PY) scripts/gen_protos.py --check
+
+buf-lint: tools
+	$(BUF) lint
+
+lint: venv
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
+
+test: venv tools
+	$(PY) scripts/gen_protos.py --check
+	$(BUF) lint
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
+	$(PY) -m pytest
+
+demo: venv
+	$(VENV)/bin/meshctl demo

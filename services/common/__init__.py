@@ -1,0 +1,1 @@
+"""What the example services share: instance identity, typed errors and the server lifecycle."""
