@@ -1,0 +1,1 @@
+"""The pieces of `meshctl demo`: launching the example mesh, driving load, showing it."""
