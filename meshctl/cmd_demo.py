@@ -81,6 +81,9 @@ def run(args: argparse.Namespace) -> int:
             print("\n".join(view.where_to_look(mesh)), flush=True)
             ok = asyncio.run(_drive(mesh, args.duration, args.rate, interactive))
             print("stopping the mesh", flush=True)
+        unclean = {name: code for name, code in group.exit_codes.items() if code != 0}
+        if unclean:
+            print(f"meshctl demo: stopped, but not cleanly (exit codes): {unclean}", file=sys.stderr)
         print("all demo processes stopped", flush=True)
     except procs.ProcessError as err:
         print(f"meshctl demo: a process did not start: {err}", file=sys.stderr)

@@ -192,6 +192,7 @@ class ProcessGroup:
         self.grace = grace
         self.log_dir = Path(log_dir) if log_dir is not None else None
         self.processes: list[ManagedProcess] = []
+        self.exit_codes: dict[str, int] = {}  # of every child stopped so far, by name
         self._previous: dict[int, Any] = {}
         self._spawning = False
         self._pending_signal = False
@@ -263,12 +264,13 @@ class ProcessGroup:
     def stop(self, proc: ManagedProcess) -> int:
         """Stop one child now and forget it; returns its exit code."""
         self.processes.remove(proc)
-        return proc.stop(self.grace)
+        self.exit_codes[proc.name] = proc.stop(self.grace)
+        return self.exit_codes[proc.name]
 
     def stop_all(self) -> dict[str, int]:
         """Stop every child, last started first; returns each one's exit code by name."""
         codes: dict[str, int] = {}
         while self.processes:
-            proc = self.processes.pop()
-            codes[proc.name] = proc.stop(self.grace)
+            proc = self.processes[-1]
+            codes[proc.name] = self.stop(proc)
         return codes

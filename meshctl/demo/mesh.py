@@ -63,9 +63,15 @@ def free_port(host: str = "127.0.0.1") -> int:
 class Sidecar:
     name: str
     outbound: str
-    inbound: str
+    inbound: str | None  # None for a client-only sidecar
     admin: str
     config: Path
+
+    def serving(self, grpc_service: str) -> tuple[str, str]:
+        """(gRPC service, inbound address): this sidecar as an upstream in another's config."""
+        if self.inbound is None:
+            raise procs.ProcessError(f"sidecar-{self.name} reported no inbound address in its ready file")
+        return grpc_service, self.inbound
 
 
 @dataclass
@@ -115,7 +121,9 @@ def sidecar_config(
             for name, (grpc_service, address) in upstreams.items()
         },
     }
-    if app is not None:
+    if app is None:  # client only: an inbound listener would have nowhere to relay to
+        del config["listeners"]["inbound"]
+    else:
         config["app"] = app
     return config
 
@@ -155,7 +163,7 @@ class Launcher:
         path = self.run_dir / f"sidecar-{service}.yaml"
         path.write_text(yaml.safe_dump(config, sort_keys=False))
         proc, info = self._start(f"sidecar-{service}", ["-m", "meshctl", "sidecar", "--config", str(path)])
-        sidecar = Sidecar(service, str(info["outbound"]), str(info["inbound"]), str(info["admin"]), path)
+        sidecar = Sidecar(service, str(info["outbound"]), info.get("inbound"), str(info["admin"]), path)
         self.mesh.sidecars[service] = sidecar
         return proc, sidecar
 
@@ -174,9 +182,9 @@ class Launcher:
             "users", "services.users", "127.0.0.1:0", "--version", "v1", "--instance", "users-v1-a"
         )
         _, users = self.sidecar("users", sidecar_config("users", certs["users"], app=users_app, upstreams={}))
-        to_users = {"users": ("demo.v1.Users", users.inbound)}
+        to_users = {"users": users.serving("demo.v1.Users")}
         orders = self._orders_pair(certs["orders"], to_users)
-        upstreams = {**to_users, "orders": ("demo.v1.Orders", orders.inbound)}
+        upstreams = {**to_users, "orders": orders.serving("demo.v1.Orders")}
         self.sidecar("loadgen", sidecar_config("loadgen", certs["loadgen"], app=None, upstreams=upstreams))
         return self.mesh
 

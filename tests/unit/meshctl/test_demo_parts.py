@@ -84,6 +84,7 @@ def test_sidecar_config_matches_the_static_contract(tmp_path: Path) -> None:
     }
     client_only = demo_mesh.sidecar_config("loadgen", tls, app=None, upstreams={})
     assert "app" not in client_only
+    assert client_only["listeners"] == {"outbound": "127.0.0.1:0", "admin": "127.0.0.1:0"}
 
 
 def test_free_port_is_bindable_right_after() -> None:

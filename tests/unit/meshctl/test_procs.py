@@ -156,6 +156,7 @@ def test_group_stops_in_reverse_start_order_even_on_error_and_one_can_go_early(t
     assert order.read_text().split() == ["second", "third", "first"]
     assert all(not alive(pid) for pid in pids)
     assert group.processes == []
+    assert group.exit_codes == {"second": 0, "third": 0, "first": 0}
 
 
 def test_sigterm_to_the_supervisor_stops_its_children(tmp_path: Path) -> None:
