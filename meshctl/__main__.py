@@ -1,0 +1,5 @@
+import sys
+
+from meshctl.cli import main
+
+sys.exit(main())

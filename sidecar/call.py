@@ -1,0 +1,42 @@
+"""What filters see of a call: its request head, decided once when the request headers arrive."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from sidecar.h2.hpack_codec import Header
+
+if TYPE_CHECKING:
+    from sidecar.pool import UpstreamPool
+
+
+@dataclass(slots=True)
+class CallHead:
+    """One call's request head. Filters may narrow `service`; the relay owns the rest."""
+
+    path: str  # the gRPC :path, "/pkg.Service/Method"
+    authority: str
+    headers: list[Header]  # regular (non-pseudo) request metadata, hop-by-hop headers removed
+    peer: str | None  # the caller's SPIFFE ID (inbound, verified by mTLS), else None
+    deadline: float | None  # absolute, on the sidecar's clock
+    service: str = ""  # the destination service, once a filter has resolved it
+    attributes: dict[str, object] = field(default_factory=dict)
+
+    @property
+    def grpc_service(self) -> str:
+        return self.path[1:].rpartition("/")[0]
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """Where a call goes: the pool of an endpoint, and how to address it there."""
+
+    service: str
+    pool: UpstreamPool
+    authority: bytes
+    scheme: bytes
+
+
+Handler = Callable[[CallHead], Target]

@@ -1,0 +1,218 @@
+"""The sidecar's static configuration: YAML → validated, immutable types, in one place.
+
+Static mode (no control plane) reads endpoints and certificates from this file; it stays useful
+for tests and for running a sidecar alone. Errors name the field path and the reason.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """Invalid configuration: `path` names the field, the message says why."""
+
+    def __init__(self, path: str, reason: str) -> None:
+        super().__init__(f"{path}: {reason}")
+        self.path = path
+        self.reason = reason
+
+
+@dataclass(frozen=True, slots=True)
+class Address:
+    host: str
+    port: int
+
+    @classmethod
+    def parse(cls, value: object, path: str) -> Address:
+        if not isinstance(value, str) or ":" not in value:
+            raise ConfigError(path, f"expected 'host:port', got {value!r}")
+        host, _, port_text = value.rpartition(":")
+        host = host.strip("[]")
+        if not host:
+            raise ConfigError(path, f"missing host in {value!r}")
+        if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+            raise ConfigError(path, f"port must be 0..65535, got {port_text!r}")
+        return cls(host, int(port_text))
+
+    def __str__(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    address: Address
+    labels: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceEntry:
+    name: str
+    grpc_services: tuple[str, ...]
+    endpoints: tuple[Endpoint, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class TlsFiles:
+    cert: Path
+    key: Path
+    ca: Path
+
+
+@dataclass(frozen=True, slots=True)
+class SidecarConfig:
+    service: str
+    namespace: str
+    labels: dict[str, str]
+    outbound: Address | None
+    inbound: Address | None
+    admin: Address
+    app: Address | None
+    tls: TlsFiles | None
+    services: dict[str, ServiceEntry]
+    max_message_bytes: int = 64 << 20
+    max_concurrent_streams: int = 4096
+    drain_seconds: float = 10.0
+    trust_domain: str = "cluster.local"
+
+
+_TOP_FIELDS = {
+    "service", "namespace", "labels", "listeners", "app", "tls", "services",
+    "max_message_bytes", "max_concurrent_streams", "drain_seconds", "trust_domain",
+}
+
+
+def _mapping(value: object, path: str) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ConfigError(path, f"expected a mapping, got {type(value).__name__}")
+    return value
+
+
+def _known(mapping: dict[str, Any], allowed: set[str], path: str) -> None:
+    for key in mapping:
+        if key not in allowed:
+            raise ConfigError(f"{path}.{key}" if path else str(key), "unknown field (not supported)")
+
+
+def _name(value: object, path: str) -> str:
+    if not isinstance(value, str) or not value or not all(c.isalnum() or c in "-_." for c in value):
+        raise ConfigError(path, f"expected a name (letters, digits, '-', '_', '.'), got {value!r}")
+    return value
+
+
+def _labels(value: object, path: str) -> dict[str, str]:
+    labels = _mapping(value, path)
+    for key, val in labels.items():
+        if not isinstance(key, str) or not isinstance(val, str):
+            raise ConfigError(f"{path}.{key}", "labels must map strings to strings")
+    return dict(labels)
+
+
+def _positive_int(value: object, path: str, minimum: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ConfigError(path, f"expected an integer >= {minimum}, got {value!r}")
+    return value
+
+
+def _service(name: str, raw: object, path: str) -> ServiceEntry:
+    spec = _mapping(raw, path)
+    _known(spec, {"grpc_services", "endpoints"}, path)
+    grpc_services = spec.get("grpc_services", [])
+    if not isinstance(grpc_services, list) or not all(isinstance(s, str) and s for s in grpc_services):
+        raise ConfigError(f"{path}.grpc_services", "expected a list of fully-qualified gRPC service names")
+    endpoints_raw = spec.get("endpoints", [])
+    if not isinstance(endpoints_raw, list):
+        raise ConfigError(f"{path}.endpoints", "expected a list")
+    endpoints = []
+    for i, ep in enumerate(endpoints_raw):
+        ep_path = f"{path}.endpoints[{i}]"
+        ep_map = _mapping(ep, ep_path)
+        _known(ep_map, {"address", "labels"}, ep_path)
+        address = Address.parse(ep_map.get("address"), f"{ep_path}.address")
+        if address.port == 0:
+            raise ConfigError(f"{ep_path}.address", "an endpoint needs a real port, not 0")
+        endpoints.append(Endpoint(address, _labels(ep_map.get("labels"), f"{ep_path}.labels")))
+    return ServiceEntry(name, tuple(grpc_services), tuple(endpoints))
+
+
+def _check_loopback(address: Address, path: str) -> None:
+    try:
+        if ipaddress.ip_address(address.host).is_loopback:
+            return
+    except ValueError:
+        if address.host == "localhost":
+            return
+    raise ConfigError(path, "the plaintext outbound listener must be on a loopback address")
+
+
+def parse_config(raw: object, base_dir: Path = Path()) -> SidecarConfig:
+    top = _mapping(raw, "config")
+    _known(top, _TOP_FIELDS, "")
+    if "service" not in top:
+        raise ConfigError("service", "required")
+    service = _name(top["service"], "service")
+    namespace = _name(top.get("namespace", "default"), "namespace")
+    listeners = _mapping(top.get("listeners"), "listeners")
+    _known(listeners, {"outbound", "inbound", "admin"}, "listeners")
+    outbound = inbound = None
+    if "outbound" in listeners:
+        outbound = Address.parse(listeners["outbound"], "listeners.outbound")
+        _check_loopback(outbound, "listeners.outbound")
+    if "inbound" in listeners:
+        inbound = Address.parse(listeners["inbound"], "listeners.inbound")
+    admin = Address.parse(listeners.get("admin", "127.0.0.1:15000"), "listeners.admin")
+    app = Address.parse(top["app"], "app") if top.get("app") is not None else None
+    if inbound is not None and app is None:
+        raise ConfigError("app", "required when listeners.inbound is set (where inbound calls go)")
+    tls = None
+    if top.get("tls") is not None:
+        tls_map = _mapping(top["tls"], "tls")
+        _known(tls_map, {"cert", "key", "ca"}, "tls")
+        paths = {}
+        for key in ("cert", "key", "ca"):
+            value = tls_map.get(key)
+            if not isinstance(value, str) or not value:
+                raise ConfigError(f"tls.{key}", "required: a PEM file path")
+            file = (base_dir / value) if not Path(value).is_absolute() else Path(value)
+            if not file.is_file():
+                raise ConfigError(f"tls.{key}", f"file not found: {value}")
+            paths[key] = file
+        tls = TlsFiles(paths["cert"], paths["key"], paths["ca"])
+    if inbound is not None and tls is None:
+        raise ConfigError("tls", "required when listeners.inbound is set (inbound is mutual TLS)")
+    services_map = _mapping(top.get("services"), "services")
+    services = {name: _service(_name(name, "services"), spec, f"services.{name}")
+                for name, spec in services_map.items()}
+    if services and tls is None and any(s.endpoints for s in services.values()):
+        raise ConfigError("tls", "required to call other sidecars (mutual TLS)")
+    return SidecarConfig(
+        service=service,
+        namespace=namespace,
+        labels=_labels(top.get("labels"), "labels"),
+        outbound=outbound,
+        inbound=inbound,
+        admin=admin,
+        app=app,
+        tls=tls,
+        services=services,
+        max_message_bytes=_positive_int(top.get("max_message_bytes", 64 << 20), "max_message_bytes", 1024),
+        max_concurrent_streams=_positive_int(top.get("max_concurrent_streams", 4096), "max_concurrent_streams"),
+        drain_seconds=float(top.get("drain_seconds", 10.0)),
+        trust_domain=_name(top.get("trust_domain", "cluster.local"), "trust_domain"),
+    )
+
+
+def load_config(path: Path) -> SidecarConfig:
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(str(path), f"invalid YAML: {exc}") from None
+    return parse_config(raw, path.parent)

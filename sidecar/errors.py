@@ -1,0 +1,49 @@
+"""Typed errors the sidecar raises while deciding a call, and the one place they become statuses."""
+
+from __future__ import annotations
+
+from sidecar.grpc_wire import Code
+
+
+class MeshError(Exception):
+    """An error the sidecar itself reports to the caller. Its message is safe to show callers:
+    it never carries internal addresses or debug detail."""
+
+    code: Code = Code.INTERNAL
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class NoRoute(MeshError):
+    code = Code.UNAVAILABLE
+
+
+class UpstreamUnavailable(MeshError):
+    code = Code.UNAVAILABLE
+
+
+class DeadlineExceeded(MeshError):
+    code = Code.DEADLINE_EXCEEDED
+
+
+class MessageTooLarge(MeshError):
+    code = Code.RESOURCE_EXHAUSTED
+
+
+class MalformedRequest(MeshError):
+    code = Code.INTERNAL
+
+
+class Unauthenticated(MeshError):
+    code = Code.UNAUTHENTICATED
+
+
+class PermissionDenied(MeshError):
+    code = Code.PERMISSION_DENIED
+
+
+def status_for(error: MeshError) -> tuple[int, str]:
+    """The gRPC status (code, message) a caller sees for an error."""
+    return int(error.code), error.message
