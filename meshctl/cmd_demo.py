@@ -70,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
 
     ok = False
     try:
-        with procs.ProcessGroup(grace=5.0) as group:
+        with procs.ProcessGroup(grace=demo_mesh.STOP_GRACE) as group:
             print(f"starting the demo mesh in {data_dir}", flush=True)
             launcher = demo_mesh.Launcher(group, data_dir, on_ready=_announce)
             try:

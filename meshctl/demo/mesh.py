@@ -26,6 +26,10 @@ from meshctl import procs
 
 TRUST_DOMAIN = "cluster.local"
 NAMESPACE = "default"
+# The load stops before the mesh does, so draining has little to wait for; bound it well
+# inside the supervisor's grace so a sidecar always exits by itself.
+DRAIN_SECONDS = 2.0
+STOP_GRACE = 5.0
 BIND_ATTEMPTS = 3
 BIND_ERROR_EXIT = 2  # services exit with this when they cannot listen (services.common.server)
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -113,6 +117,7 @@ def sidecar_config(
         "labels": {"version": "v1"},
         "listeners": {"outbound": "127.0.0.1:0", "inbound": "127.0.0.1:0", "admin": "127.0.0.1:0"},
         "tls": {"cert": str(tls.cert), "key": str(tls.key), "ca": str(tls.ca)},
+        "drain_seconds": DRAIN_SECONDS,
         "services": {
             name: {
                 "grpc_services": [grpc_service],

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import socket
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -63,8 +66,48 @@ def test_summary_lines_name_each_service_counts_and_failure_codes() -> None:
     assert lines[3] == "result: FAIL: 2 errors in 150 calls (1.33%, limit 1%)"
 
 
+def serve_json(body: object) -> tuple[ThreadingHTTPServer, str]:
+    payload = json.dumps(body).encode()
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200 if self.path == "/stats" else 404)
+            self.end_headers()
+            self.wfile.write(payload)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
+    return server, f"127.0.0.1:{server.server_address[1]}"
+
+
+def test_sidecar_stats_lines_show_the_sidecars_own_counts() -> None:
+    calls = {"users": {"total": 7, "errors": 1, "latency_ms": {"p50": 1.25, "p99": 4}}}
+    server, admin = serve_json({"calls": calls})
+    try:
+        assert view.sidecar_stats_lines(admin) == [
+            "as counted by the load generator's sidecar (/stats):",
+            "  users   total=7 errors=1 p50=1.2ms p99=4.0ms",
+        ]
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.mark.parametrize("body", [{"calls": {}}, {"other": 1}, ["not", "a", "dict"]])
+def test_sidecar_stats_lines_are_empty_for_nothing_or_another_shape(body: object) -> None:
+    server, admin = serve_json(body)
+    try:
+        assert view.sidecar_stats_lines(admin) == []
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
 def test_sidecar_stats_lines_are_empty_when_nothing_answers() -> None:
-    assert view.sidecar_stats_lines("127.0.0.1:1", timeout=0.5) == []
+    assert view.sidecar_stats_lines(f"127.0.0.1:{demo_mesh.free_port()}", timeout=0.5) == []
 
 
 def test_sidecar_config_matches_the_static_contract(tmp_path: Path) -> None:
