@@ -21,8 +21,9 @@ def register(sub: Any) -> None:
         "loopback outbound listener for the app's calls, and an admin HTTP port.",
     )
     parser.add_argument("--config", required=True, type=Path, help="static sidecar config (YAML)")
-    parser.add_argument("--ready-file", type=Path,
-                        help="write the bound addresses here as JSON once listening")
+    parser.add_argument(
+        "--ready-file", type=Path, help="write the bound addresses here as JSON once listening"
+    )
     parser.add_argument("--log-level", default="WARNING", help="logging level (default WARNING)")
     parser.set_defaults(run=run)
 
@@ -61,9 +62,12 @@ async def _serve(args: argparse.Namespace) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     try:
         import uvloop
     except ImportError:
         return asyncio.run(_serve(args))
-    return uvloop.run(_serve(args))
+    code: int = uvloop.run(_serve(args))
+    return code

@@ -9,8 +9,9 @@ from aiohttp import web
 from sidecar.stats import Stats
 
 
-def build_admin_app(*, is_ready: Callable[[], bool], config_dump: Callable[[], dict[str, object]],
-                    stats: Stats) -> web.Application:
+def build_admin_app(
+    *, is_ready: Callable[[], bool], config_dump: Callable[[], dict[str, object]], stats: Stats
+) -> web.Application:
     async def ready(_: web.Request) -> web.Response:
         if is_ready():
             return web.Response(text="ready\n")

@@ -48,8 +48,9 @@ class Sidecar:
     def __init__(self, config: SidecarConfig) -> None:
         self.config = config
         self.stats = Stats()
-        self.limits = Limits(max_concurrent_streams=config.max_concurrent_streams,
-                             max_message_bytes=config.max_message_bytes)
+        self.limits = Limits(
+            max_concurrent_streams=config.max_concurrent_streams, max_message_bytes=config.max_message_bytes
+        )
         client_ssl = server_ssl = None
         if config.tls is not None:
             client_ssl = tls.client_context(config.tls.cert, config.tls.key, config.tls.ca)
@@ -84,13 +85,15 @@ class Sidecar:
         cfg = self.config
         if cfg.outbound is not None:
             relay = Relay("outbound", self._outbound, limits=self.limits, stats=self.stats, secure=False)
-            server = await loop.create_server(relay.protocol, cfg.outbound.host, cfg.outbound.port,
-                                              reuse_address=True)
+            server = await loop.create_server(
+                relay.protocol, cfg.outbound.host, cfg.outbound.port, reuse_address=True
+            )
             self._add(relay, server, "outbound")
         if cfg.inbound is not None:
             relay = Relay("inbound", self._inbound, limits=self.limits, stats=self.stats, secure=True)
-            server = await loop.create_server(relay.protocol, cfg.inbound.host, cfg.inbound.port,
-                                              ssl=self._server_ssl, reuse_address=True)
+            server = await loop.create_server(
+                relay.protocol, cfg.inbound.host, cfg.inbound.port, ssl=self._server_ssl, reuse_address=True
+            )
             self._add(relay, server, "inbound")
         app = build_admin_app_for(self)
         self._admin = web.AppRunner(app, access_log=None)
@@ -108,8 +111,12 @@ class Sidecar:
 
     def config_dump(self) -> dict[str, object]:
         snap = self.snapshot
-        return {"version": snap.version, "config": _jsonable(snap.config),
-                "listeners": dict(self.addresses), "draining": self.draining}
+        return {
+            "version": snap.version,
+            "config": _jsonable(snap.config),
+            "listeners": dict(self.addresses),
+            "draining": self.draining,
+        }
 
     async def stop(self, drain_seconds: float | None = None) -> None:
         """Stop accepting, let calls in flight finish (bounded), then close everything."""
@@ -134,4 +141,6 @@ def _bound(server: Any) -> str:
 def build_admin_app_for(sidecar: Sidecar) -> web.Application:
     from sidecar.admin import build_admin_app
 
-    return build_admin_app(is_ready=lambda: sidecar.ready, config_dump=sidecar.config_dump, stats=sidecar.stats)
+    return build_admin_app(
+        is_ready=lambda: sidecar.ready, config_dump=sidecar.config_dump, stats=sidecar.stats
+    )

@@ -18,7 +18,7 @@ class CallHead:
 
     path: str  # the gRPC :path, "/pkg.Service/Method"
     authority: str
-    headers: list[Header]  # regular (non-pseudo) request metadata, hop-by-hop headers removed
+    headers: tuple[Header, ...]  # request metadata, hop-by-hop headers removed; filters replace, not mutate
     peer: str | None  # the caller's SPIFFE ID (inbound, verified by mTLS), else None
     deadline: float | None  # absolute, on the sidecar's clock
     service: str = ""  # the destination service, once a filter has resolved it

@@ -83,8 +83,17 @@ class SidecarConfig:
 
 
 _TOP_FIELDS = {
-    "service", "namespace", "labels", "listeners", "app", "tls", "services",
-    "max_message_bytes", "max_concurrent_streams", "drain_seconds", "trust_domain",
+    "service",
+    "namespace",
+    "labels",
+    "listeners",
+    "app",
+    "tls",
+    "services",
+    "max_message_bytes",
+    "max_concurrent_streams",
+    "drain_seconds",
+    "trust_domain",
 }
 
 
@@ -189,8 +198,10 @@ def parse_config(raw: object, base_dir: Path = Path()) -> SidecarConfig:
     if inbound is not None and tls is None:
         raise ConfigError("tls", "required when listeners.inbound is set (inbound is mutual TLS)")
     services_map = _mapping(top.get("services"), "services")
-    services = {name: _service(_name(name, "services"), spec, f"services.{name}")
-                for name, spec in services_map.items()}
+    services = {
+        name: _service(_name(name, "services"), spec, f"services.{name}")
+        for name, spec in services_map.items()
+    }
     if services and tls is None and any(s.endpoints for s in services.values()):
         raise ConfigError("tls", "required to call other sidecars (mutual TLS)")
     return SidecarConfig(
@@ -204,7 +215,9 @@ def parse_config(raw: object, base_dir: Path = Path()) -> SidecarConfig:
         tls=tls,
         services=services,
         max_message_bytes=_positive_int(top.get("max_message_bytes", 64 << 20), "max_message_bytes", 1024),
-        max_concurrent_streams=_positive_int(top.get("max_concurrent_streams", 4096), "max_concurrent_streams"),
+        max_concurrent_streams=_positive_int(
+            top.get("max_concurrent_streams", 4096), "max_concurrent_streams"
+        ),
         drain_seconds=float(top.get("drain_seconds", 10.0)),
         trust_domain=_name(top.get("trust_domain", "cluster.local"), "trust_domain"),
     )

@@ -101,8 +101,9 @@ class UpstreamPool:
         self._drain_waiting()
 
     def _new_connection(self) -> H2Connection:
-        return H2Connection(client=True, limits=self.limits, on_closed=self._on_closed,
-                            on_capacity=self._on_capacity)
+        return H2Connection(
+            client=True, limits=self.limits, on_closed=self._on_closed, on_capacity=self._on_capacity
+        )
 
     def _fail_waiting(self) -> None:
         waiting = list(self._waiting)
@@ -115,7 +116,11 @@ class UpstreamPool:
         while self._waiting:
             conn = next((c for c in self.connections if c.can_open_stream), None)
             if conn is None:
-                if self._connecting == 0 and len(self.connections) < self.max_connections and not self._closed:
+                if (
+                    self._connecting == 0
+                    and len(self.connections) < self.max_connections
+                    and not self._closed
+                ):
                     task = asyncio.get_running_loop().create_task(self._connect())
                     self._tasks.add(task)
                     task.add_done_callback(self._tasks.discard)

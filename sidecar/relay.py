@@ -31,8 +31,12 @@ _REQUEST_PSEUDO = frozenset({b":method", b":scheme", b":path", b":authority"})
 _PARSE_CACHE_LIMIT = 1024
 
 # RST_STREAM codes from the upstream, as the status the call is counted with.
-_RESET_STATUS = {F.CANCEL: Code.CANCELLED, F.REFUSED_STREAM: Code.UNAVAILABLE,
-                 F.ENHANCE_YOUR_CALM: Code.RESOURCE_EXHAUSTED, F.INADEQUATE_SECURITY: Code.PERMISSION_DENIED}
+_RESET_STATUS = {
+    F.CANCEL: Code.CANCELLED,
+    F.REFUSED_STREAM: Code.UNAVAILABLE,
+    F.ENHANCE_YOUR_CALM: Code.RESOURCE_EXHAUSTED,
+    F.INADEQUATE_SECURITY: Code.PERMISSION_DENIED,
+}
 
 
 class Malformed(Exception):
@@ -46,7 +50,7 @@ class ParsedRequest:
     authority: str
     timeout: float | None
     grpc: bool
-    forward: list[Header]
+    forward: tuple[Header, ...]
 
 
 def parse_request(headers: HeaderList) -> ParsedRequest:
@@ -93,7 +97,12 @@ def parse_request(headers: HeaderList) -> ParsedRequest:
     if method != b"POST":
         grpc = False
     return ParsedRequest(
-        path.decode("ascii", "replace"), path, (authority or b"").decode("ascii", "replace"), timeout, grpc, forward
+        path.decode("ascii", "replace"),
+        path,
+        (authority or b"").decode("ascii", "replace"),
+        timeout,
+        grpc,
+        tuple(forward),
     )
 
 
@@ -105,12 +114,33 @@ class ProxyCall:
     """One relayed call: the downstream (caller) stream and the upstream stream it is paired with."""
 
     __slots__ = (
-        "authority", "cancelled", "deadline", "direction", "done", "down", "forward", "path", "relay",
-        "scheme", "service", "start", "timer", "up",
+        "authority",
+        "cancelled",
+        "deadline",
+        "direction",
+        "done",
+        "down",
+        "forward",
+        "path",
+        "relay",
+        "scheme",
+        "service",
+        "start",
+        "timer",
+        "up",
     )
 
-    def __init__(self, relay: Relay, down: Stream, head: CallHead, parsed: ParsedRequest,
-                 authority: bytes, scheme: bytes, service: str, now: float) -> None:
+    def __init__(
+        self,
+        relay: Relay,
+        down: Stream,
+        head: CallHead,
+        parsed: ParsedRequest,
+        authority: bytes,
+        scheme: bytes,
+        service: str,
+        now: float,
+    ) -> None:
         self.relay = relay
         self.direction = relay.direction
         self.down = down
@@ -194,8 +224,10 @@ class ProxyCall:
     def on_oversized(self, stream: Stream, length: int) -> None:
         which = "request" if stream is self.down else "response"
         self._abort_upstream(F.CANCEL)
-        self.fail(Code.RESOURCE_EXHAUSTED,
-                  f"{which} message of {length} bytes exceeds the limit of {self.relay.limits.max_message_bytes}")
+        self.fail(
+            Code.RESOURCE_EXHAUSTED,
+            f"{which} message of {length} bytes exceeds the limit of {self.relay.limits.max_message_bytes}",
+        )
 
     # ---------------------------------------------------------------- endings
 
@@ -251,7 +283,7 @@ class _MutualTlsConnection(H2Connection):
         ssl_object = transport.get_extra_info("ssl_object")
         if not tls.negotiated_h2(ssl_object):
             log.info("inbound connection without ALPN h2 refused")
-            transport.abort()
+            transport.close()
             return
         self.peer_identity = tls.peer_spiffe_id(ssl_object)
         super().connection_made(transport)
@@ -260,8 +292,16 @@ class _MutualTlsConnection(H2Connection):
 class Relay:
     """One listener's request handling: parse, decide through the chain, relay."""
 
-    def __init__(self, direction: str, chain: Callable[[], Handler], *, limits: Limits, stats: Stats,
-                 secure: bool, clock: Callable[[], float] | None = None) -> None:
+    def __init__(
+        self,
+        direction: str,
+        chain: Callable[[], Handler],
+        *,
+        limits: Limits,
+        stats: Stats,
+        secure: bool,
+        clock: Callable[[], float] | None = None,
+    ) -> None:
         self.direction = direction
         self.chain = chain  # returns the current snapshot's chain: calls keep the one they started with
         self.limits = limits
@@ -274,8 +314,9 @@ class Relay:
 
     def protocol(self) -> H2Connection:
         cls = _MutualTlsConnection if self.secure else H2Connection
-        conn = cls(client=False, limits=self.limits, on_request=self.on_request,
-                   on_closed=self.connections.discard)
+        conn = cls(
+            client=False, limits=self.limits, on_request=self.on_request, on_closed=self.connections.discard
+        )
         self.connections.add(conn)
         return conn
 
@@ -294,8 +335,9 @@ class Relay:
                 self._parsed.clear()
             self._parsed[headers] = parsed
         if not parsed.grpc:
-            conn.send_headers(stream, [(b":status", b"415", False),
-                                       (b"content-type", b"text/plain", False)], True)
+            conn.send_headers(
+                stream, [(b":status", b"415", False), (b"content-type", b"text/plain", False)], True
+            )
             if not stream.recv_closed:
                 conn.reset(stream, F.NO_ERROR)
             self.stats.incr(f"{self.direction}.not_grpc")
@@ -312,13 +354,24 @@ class Relay:
                 conn.reset(stream, F.NO_ERROR)
             self.stats.record(self.direction, head.service or "unknown", code, 0.0)
             return
-        call = ProxyCall(self, stream, head, parsed, target.authority or parsed.authority.encode(),
-                         target.scheme, target.service, now)
+        call = ProxyCall(
+            self,
+            stream,
+            head,
+            parsed,
+            target.authority or parsed.authority.encode(),
+            target.scheme,
+            target.service,
+            now,
+        )
         if end_stream:
             call.up.end_queued = True
         if deadline is not None:
-            call.timer = self.loop.call_at(deadline, call.on_deadline) if self.clock == self.loop.time \
+            call.timer = (
+                self.loop.call_at(deadline, call.on_deadline)
+                if self.clock == self.loop.time
                 else self.loop.call_later(deadline - now, call.on_deadline)
+            )
         target.pool.submit(call.up)
 
     async def drain(self, timeout: float) -> None:
@@ -328,4 +381,4 @@ class Relay:
             done, _ = await asyncio.wait(waits, timeout=timeout)
             if len(done) < len(waits):
                 for conn in list(self.connections):
-                    conn.abort()
+                    conn.abort()  # calls still running after the drain timeout are cut

@@ -7,7 +7,26 @@ from dataclasses import dataclass, field
 
 # Upper bounds of the latency buckets, in milliseconds.
 BUCKETS_MS: tuple[float, ...] = (
-    0.25, 0.5, 1, 2, 3, 5, 7.5, 10, 15, 25, 50, 75, 100, 250, 500, 1000, 2500, 5000, 10000, float("inf"),
+    0.25,
+    0.5,
+    1,
+    2,
+    3,
+    5,
+    7.5,
+    10,
+    15,
+    25,
+    50,
+    75,
+    100,
+    250,
+    500,
+    1000,
+    2500,
+    5000,
+    10000,
+    float("inf"),
 )
 
 

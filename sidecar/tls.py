@@ -40,7 +40,7 @@ def peer_spiffe_id(ssl_object: ssl.SSLObject | ssl.SSLSocket | None) -> str | No
     cert = ssl_object.getpeercert()
     if not cert:
         return None
-    uris = [value for kind, value in cert.get("subjectAltName", ()) if kind == "URI"]
+    uris = [entry[1] for entry in cert.get("subjectAltName", ()) if entry[0] == "URI"]
     spiffe = [u for u in uris if isinstance(u, str) and u.startswith("spiffe://")]
     return spiffe[0] if len(spiffe) == 1 else None
 
