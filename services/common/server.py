@@ -96,15 +96,21 @@ async def start_server(register: Register, listen: str) -> Started:
 
 
 async def serve(
-    *, instance: Instance, listen: str, register: Register, ready_file: Path | None, grace: float
+    *,
+    instance: Instance,
+    listen: str,
+    register: Register,
+    ready_file: Path | None,
+    grace: float,
+    stopping: asyncio.Event | None = None,
 ) -> int:
-    """Serve until SIGTERM or SIGINT, then stop gracefully; returns the process exit code."""
+    """Serve until SIGTERM or SIGINT (or `stopping` is set), then stop gracefully; returns the exit code."""
     try:
         started = await start_server(register, listen)
     except BindError as error:
         log.error("%s", error)
         return 2
-    stopping = asyncio.Event()
+    stopping = stopping or asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stopping.set)
