@@ -33,7 +33,10 @@ class Address:
         if not isinstance(value, str) or ":" not in value:
             raise ConfigError(path, f"expected 'host:port', got {value!r}")
         host, _, port_text = value.rpartition(":")
-        host = host.strip("[]")
+        if host.startswith("[") and host.endswith("]"):
+            host = host[1:-1]
+        elif ":" in host:
+            raise ConfigError(path, f"IPv6 addresses need brackets: '[host]:port', got {value!r}")
         if not host:
             raise ConfigError(path, f"missing host in {value!r}")
         if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
@@ -131,6 +134,12 @@ def _positive_int(value: object, path: str, minimum: int = 1) -> int:
     return value
 
 
+def _non_negative_number(value: object, path: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+        raise ConfigError(path, f"expected a number >= 0, got {value!r}")
+    return float(value)
+
+
 def _service(name: str, raw: object, path: str) -> ServiceEntry:
     spec = _mapping(raw, path)
     _known(spec, {"grpc_services", "endpoints"}, path)
@@ -199,7 +208,7 @@ def parse_config(raw: object, base_dir: Path = Path()) -> SidecarConfig:
         raise ConfigError("tls", "required when listeners.inbound is set (inbound is mutual TLS)")
     services_map = _mapping(top.get("services"), "services")
     services = {
-        name: _service(_name(name, "services"), spec, f"services.{name}")
+        name: _service(_name(name, f"services.{name}"), spec, f"services.{name}")
         for name, spec in services_map.items()
     }
     if services and tls is None and any(s.endpoints for s in services.values()):
@@ -218,7 +227,7 @@ def parse_config(raw: object, base_dir: Path = Path()) -> SidecarConfig:
         max_concurrent_streams=_positive_int(
             top.get("max_concurrent_streams", 4096), "max_concurrent_streams"
         ),
-        drain_seconds=float(top.get("drain_seconds", 10.0)),
+        drain_seconds=_non_negative_number(top.get("drain_seconds", 10.0), "drain_seconds"),
         trust_domain=_name(top.get("trust_domain", "cluster.local"), "trust_domain"),
     )
 
@@ -226,6 +235,8 @@ def parse_config(raw: object, base_dir: Path = Path()) -> SidecarConfig:
 def load_config(path: Path) -> SidecarConfig:
     try:
         raw = yaml.safe_load(path.read_text())
+    except OSError as exc:
+        raise ConfigError(str(path), f"cannot read: {exc.strerror or exc}") from None
     except yaml.YAMLError as exc:
         raise ConfigError(str(path), f"invalid YAML: {exc}") from None
     return parse_config(raw, path.parent)

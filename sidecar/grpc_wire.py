@@ -49,7 +49,10 @@ def format_timeout(seconds: float) -> bytes:
     secs = (millis + 999) // 1000
     if secs < 100_000_000:
         return b"%dS" % secs
-    return b"%dM" % min((secs + 59) // 60, 99_999_999)
+    minutes = (secs + 59) // 60
+    if minutes < 100_000_000:
+        return b"%dM" % minutes
+    return b"%dH" % min((minutes + 59) // 60, 99_999_999)
 
 
 # Percent-encoding of grpc-message: unreserved printable ASCII except '%' stays as is.
@@ -86,8 +89,5 @@ def status_trailers(code: int, message: str) -> list[Header]:
 def status_of(headers: tuple[Header, ...] | list[Header]) -> int:
     for name, value, _ in headers:
         if name == b"grpc-status":
-            try:
-                return int(value)
-            except ValueError:
-                return Code.UNKNOWN
+            return int(value) if value.isdigit() and len(value) <= 3 else Code.UNKNOWN
     return Code.UNKNOWN

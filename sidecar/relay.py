@@ -59,6 +59,7 @@ def parse_request(headers: HeaderList) -> ParsedRequest:
     grpc = False
     forward: list[Header] = []
     regular = False
+    seen: set[bytes] = set()
     for header in headers:
         name, value, _ = header
         if name[:1] == b":":
@@ -66,6 +67,9 @@ def parse_request(headers: HeaderList) -> ParsedRequest:
                 raise Malformed("pseudo-header after a regular header")
             if name not in _REQUEST_PSEUDO:
                 raise Malformed(f"unknown request pseudo-header {name!r}")
+            if name in seen:
+                raise Malformed(f"repeated pseudo-header {name!r}")
+            seen.add(name)
             if name == b":method":
                 method = value
             elif name == b":path":
@@ -90,7 +94,9 @@ def parse_request(headers: HeaderList) -> ParsedRequest:
                 raise Malformed("malformed grpc-timeout") from None
             continue
         elif name == b"content-type":
-            grpc = value.startswith(b"application/grpc")
+            grpc = value == b"application/grpc" or value.startswith(
+                (b"application/grpc+", b"application/grpc;")
+            )
         forward.append(header)
     if method is None or path is None or scheme is None or not path.startswith(b"/"):
         raise Malformed("missing or invalid :method, :scheme or :path")

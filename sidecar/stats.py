@@ -44,8 +44,8 @@ class CallStats:
         self.by_status[status] = self.by_status.get(status, 0) + 1
         self.buckets[bisect.bisect_left(BUCKETS_MS, millis)] += 1
 
-    def quantile(self, q: float) -> float:
-        """The upper bound of the bucket holding the q-quantile (0 when empty)."""
+    def quantile(self, q: float) -> float | None:
+        """The upper bound of the bucket holding the q-quantile (0 when empty, None past the last bound)."""
         if not self.total:
             return 0.0
         rank = q * self.total
@@ -53,8 +53,8 @@ class CallStats:
         for bound, count in zip(BUCKETS_MS, self.buckets, strict=True):
             seen += count
             if seen >= rank:
-                return bound
-        return BUCKETS_MS[-1]
+                return bound if bound != float("inf") else None
+        return None
 
 
 class Stats:

@@ -1,4 +1,9 @@
-"""Outbound routing: which service a call is for, from :authority or else the gRPC service name."""
+"""Outbound routing: which service a call is for, from :authority or else the gRPC service name.
+
+A client names the destination in :authority (grpcurl -authority users, or the channel's default
+authority). When the authority is just the address the client dialled (an IP, localhost, or
+nothing), the gRPC service in :path is looked up among the services the registry knows.
+"""
 
 from __future__ import annotations
 
@@ -15,8 +20,12 @@ def _host(authority: str) -> str:
     return authority.rsplit(":", 1)[0] if authority.count(":") == 1 else authority
 
 
+def _is_address(host: str) -> bool:
+    return not host or host == "localhost" or ":" in host or all(p.isdigit() for p in host.split("."))
+
+
 class Router:
-    """Resolves `head.service`; unknown destinations fail with UNAVAILABLE naming the service."""
+    """Resolves `head.service`; an unknown destination fails with UNAVAILABLE naming it."""
 
     def __init__(self, inner: Handler, services: Mapping[str, ServiceEntry]) -> None:
         self.inner = inner
@@ -27,24 +36,15 @@ class Router:
         host = _host(head.authority)
         if host in self.services:
             head.service = host
+        elif not _is_address(host):
+            short = host.split(".", 1)[0]  # users.default.svc.cluster.local → users
+            if short not in self.services:
+                raise NoRoute(f"no route to service '{host}'")
+            head.service = short
         else:
-            short = host.split(".", 1)[0]
-            if short in self.services and not short.isdigit():
-                head.service = short
-            else:
-                grpc_service = head.grpc_service
-                service = self.by_grpc_service.get(grpc_service)
-                if service is None:
-                    raise NoRoute(self._no_route_message(host, grpc_service))
-                head.service = service
+            grpc_service = head.grpc_service
+            service = self.by_grpc_service.get(grpc_service)
+            if service is None:
+                raise NoRoute(f"no route to grpc service '{grpc_service}' (no service registers it)")
+            head.service = service
         return self.inner(head)
-
-    @staticmethod
-    def _no_route_message(host: str, grpc_service: str) -> str:
-        if host and not _looks_like_address(host):
-            return f"no route to service '{host}' (grpc service '{grpc_service}')"
-        return f"no route to grpc service '{grpc_service}'"
-
-
-def _looks_like_address(host: str) -> bool:
-    return host == "localhost" or all(part.isdigit() for part in host.split(".")) or ":" in host
