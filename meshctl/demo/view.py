@@ -109,6 +109,7 @@ def sidecar_stats_lines(admin: str, timeout: float = 2.0) -> list[str]:
     try:
         with urllib.request.urlopen(f"http://{admin}/stats", timeout=timeout) as reply:
             calls = json.loads(reply.read())["calls"]
+        calls = calls.get("outbound", calls)  # the sidecar splits its counts by direction
         if not calls:
             return []
         lines = ["as counted by the load generator's sidecar (/stats):"]

@@ -83,9 +83,17 @@ def serve_json(body: object) -> tuple[ThreadingHTTPServer, str]:
     return server, f"127.0.0.1:{server.server_address[1]}"
 
 
-def test_sidecar_stats_lines_show_the_sidecars_own_counts() -> None:
-    calls = {"users": {"total": 7, "errors": 1, "latency_ms": {"p50": 1.25, "p99": 4}}}
-    server, admin = serve_json({"calls": calls})
+@pytest.mark.parametrize("nested", [False, True])
+def test_sidecar_stats_lines_show_the_sidecars_own_counts(nested: bool) -> None:
+    calls = {
+        "users": {
+            "total": 7,
+            "errors": 1,
+            "by_status": {"0": 6, "14": 1},
+            "latency_ms": {"p50": 1.25, "p99": 4},
+        }
+    }
+    server, admin = serve_json({"calls": {"outbound": calls} if nested else calls, "counters": {}})
     try:
         assert view.sidecar_stats_lines(admin) == [
             "as counted by the load generator's sidecar (/stats):",
