@@ -243,20 +243,6 @@ class ProcessGroup:
             raise KeyboardInterrupt("received a signal while starting " + name)
         return proc
 
-    def start_ready(
-        self,
-        name: str,
-        argv: Sequence[str],
-        ready_file: Path | str,
-        *,
-        timeout: float = 15.0,
-        env: Mapping[str, str] | None = None,
-        log_dir: Path | str | None = None,
-        cwd: Path | str | None = None,
-    ) -> dict[str, Any]:
-        """start() then wait_ready(timeout); returns the ready JSON."""
-        return self.start(name, argv, ready_file, env=env, log_dir=log_dir, cwd=cwd).wait_ready(timeout)
-
     @property
     def pids(self) -> list[int]:
         return [p.pid for p in self.processes]

@@ -148,7 +148,7 @@ def test_group_stops_in_reverse_start_order_even_on_error_and_one_can_go_early(t
     with pytest.raises(RuntimeError, match="test failure"), procs.ProcessGroup(grace=5) as group:
         for name in ("first", "second", "third"):
             r = tmp_path / f"{name}.json"
-            group.start_ready(name, child(body, str(r), str(order), name), r, timeout=10)
+            group.start(name, child(body, str(r), str(order), name), r).wait_ready(timeout=10)
         pids = group.pids
         assert group.stop(group.processes[1]) == 0  # one stopped early is forgotten by the group
         assert [p.name for p in group.processes] == ["first", "third"]
@@ -170,7 +170,7 @@ def test_sigterm_to_the_supervisor_stops_its_children(tmp_path: Path) -> None:
         with procs.ProcessGroup(grace=5) as group:
             for name in ("a", "b"):
                 r = {str(tmp_path)!r} + "/" + name + ".json"
-                group.start_ready(name, argv + [r], r, timeout=10)
+                group.start(name, [*argv, r], r).wait_ready(timeout=10)
             with open({str(supervisor_ready)!r}, "w") as f:
                 json.dump({{"pid": os.getpid(), "children": group.pids}}, f)
             signal.pause()
