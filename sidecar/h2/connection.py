@@ -94,7 +94,7 @@ class Stream:
         self.unacked = 0
         self.pending: deque[bytes] = deque()
         self.pending_bytes = 0
-        self.tail: bytes | None = None  # trailers block to send after the pending data
+        self.tail: list[Header] | HeaderList | None = None  # trailers to send after the pending data
         self.end_queued = False  # END_STREAM goes after the pending data
         self.recv_closed = False
         self.send_closed = False
@@ -131,6 +131,8 @@ class Stream:
     def __repr__(self) -> str:
         return f"<Stream {self.sid} pending={self.pending_bytes} window={self.send_window}>"
 
+
+_FLOOD_LIMIT = 1 << 20  # bytes of unread replies (PING/SETTINGS ACKs) tolerated while paused
 
 RequestCallback = Callable[["Stream", HeaderList, bool], None]
 
@@ -202,7 +204,8 @@ class H2Connection(asyncio.Protocol):
             settings[F.SETTINGS_ENABLE_PUSH] = 0
             self._write(F.PREFACE)
         self._write(F.settings(settings))
-        self._write(F.window_update(0, self.limits.connection_window - F.DEFAULT_WINDOW))
+        if self.limits.connection_window > F.DEFAULT_WINDOW:
+            self._write(F.window_update(0, self.limits.connection_window - F.DEFAULT_WINDOW))
 
     def data_received(self, data: bytes) -> None:
         buf = self._buf
@@ -284,7 +287,7 @@ class H2Connection(asyncio.Protocol):
                 elif ftype == F.PUSH_PROMISE:
                     raise ConnectionError_(F.PROTOCOL_ERROR, "PUSH_PROMISE is not allowed")
                 # Unknown frame types are ignored (RFC 9113 section 4.1).
-                if self.transport is None:
+                if self.transport is None or self.transport.is_closing():
                     return
         finally:
             view.release()
@@ -315,7 +318,7 @@ class H2Connection(asyncio.Protocol):
                 raise ConnectionError_(F.PROTOCOL_ERROR, "DATA on an idle stream")
             self.credit(None, flow)
             if stream is not None:
-                self._reset(stream, F.STREAM_CLOSED)
+                self._reset_and_notify(stream, F.STREAM_CLOSED)
             return
         if flow > stream.recv_window:
             self.credit(None, flow)
@@ -336,6 +339,8 @@ class H2Connection(asyncio.Protocol):
                 self.credit(stream, len(data))
                 if stream.handler is not None:
                     stream.handler.on_oversized(stream, oversized)
+                if end:
+                    self._maybe_close(stream)
                 return
         peer = stream.peer
         if peer is None or peer.send_closed or peer.end_queued or peer.tail is not None:
@@ -363,6 +368,8 @@ class H2Connection(asyncio.Protocol):
     def _on_headers_frame(self, flags: int, sid: int, payload: bytes) -> None:
         if sid == 0:
             raise ConnectionError_(F.PROTOCOL_ERROR, "HEADERS on stream 0")
+        if flags & F.FLAG_PADDED and flags & F.FLAG_PRIORITY and payload and payload[0] > len(payload) - 6:
+            raise ConnectionError_(F.PROTOCOL_ERROR, "padding exceeds the header block fragment")
         block = self._strip_padding(flags, payload)
         if flags & F.FLAG_PRIORITY:
             if len(block) < 5:
@@ -508,7 +515,11 @@ class H2Connection(asyncio.Protocol):
                     raise ConnectionError_(F.PROTOCOL_ERROR, "invalid SETTINGS_ENABLE_PUSH")
             elif key == F.SETTINGS_HEADER_TABLE_SIZE:
                 self._table_size_zero = True
+        self._check_flood()
         self._write(F.SETTINGS_ACK)
+        for stream in list(self.streams.values()):
+            if stream.send_window > 0 and (stream.pending or stream.tail is not None or stream.end_queued):
+                self._blocked[stream] = None
         self._unblock()
         if first and self.on_ready is not None:
             self.on_ready(self)
@@ -519,7 +530,14 @@ class H2Connection(asyncio.Protocol):
         if len(payload) != 8:
             raise ConnectionError_(F.FRAME_SIZE_ERROR, "PING must be 8 bytes")
         if not flags & F.FLAG_ACK:
+            self._check_flood()
             self._write(F.frame(F.PING, F.FLAG_ACK, 0, payload))
+
+    def _check_flood(self) -> None:
+        """A peer that keeps asking for replies while it does not read them is cut off."""
+        transport = self.transport
+        if self._write_paused and transport is not None and transport.get_write_buffer_size() > _FLOOD_LIMIT:
+            raise ConnectionError_(F.ENHANCE_YOUR_CALM, "control frames flood while not reading")
 
     def _on_goaway(self, sid: int, payload: bytes) -> None:
         if sid != 0:
@@ -596,11 +614,11 @@ class H2Connection(asyncio.Protocol):
         """Trailers go after any data still queued on the stream."""
         if stream.send_closed:
             return
+        if stream.pending:
+            stream.tail = headers  # encoded when written, so a table size update lands in order
+            return
         block = self.encoder.encode(headers, self._table_size_zero)
         self._table_size_zero = False
-        if stream.pending:
-            stream.tail = block
-            return
         self._write(F.headers_frames(stream.sid, block, True, self.peer_max_frame))
         stream.send_closed = True
         self._maybe_close(stream)
@@ -649,7 +667,9 @@ class H2Connection(asyncio.Protocol):
             peer.conn.credit(peer, sent)
         if not pending and not stream.send_closed:
             if stream.tail is not None:
-                block, stream.tail = stream.tail, None
+                tail, stream.tail = stream.tail, None
+                block = self.encoder.encode(tail, self._table_size_zero)
+                self._table_size_zero = False
                 self._write(F.headers_frames(stream.sid, block, True, max_frame))
                 stream.send_closed = True
             elif stream.end_queued:
