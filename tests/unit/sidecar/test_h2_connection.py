@@ -149,6 +149,7 @@ class FakeTransport:
         self.closing = False
         self.aborted = False
         self.written_while_closing = 0
+        self.buffered = 0
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
         if self.closing:
@@ -174,6 +175,9 @@ class FakeTransport:
 
     def is_closing(self) -> bool:
         return self.closing
+
+    def get_write_buffer_size(self) -> int:
+        return self.buffered  # what a real transport would still hold (set by tests)
 
     def get_extra_info(self, name: str, default: object = None) -> object:
         return default
@@ -415,6 +419,17 @@ async def test_ping_is_answered_with_the_same_payload() -> None:
     events = await pump(server, peer)
     acks = of(h2.events.PingAckReceived, events)
     assert [a.ping_data for a in acks] == [b"\x00\x01\x02\x03mesh"]
+
+
+@in_loop
+async def test_ping_flood_from_a_peer_that_does_not_read_is_cut_off() -> None:
+    server = await raw_server()
+    server.conn.pause_writing()
+    server.feed(frame(PING, 0, 0, b"12345678"))
+    assert goaways(await server.frames()) == []  # a little unread output is fine
+    server.transport.buffered = 2 << 20
+    server.feed(frame(PING, 0, 0, b"12345678"))
+    assert goaways(await server.frames()) == [(0, ENHANCE_YOUR_CALM)]
 
 
 @in_loop
