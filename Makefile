@@ -42,3 +42,9 @@ test: venv tools
 
 demo: venv
 	$(VENV)/bin/meshctl demo
+
+# Side by side: small unary gRPC calls direct, through sidecars and through nginx (bench/README.md).
+# Writes bench/results/latest.md. Not part of `make test`: it takes a few minutes and wants a quiet machine.
+.PHONY: bench
+bench: venv tools
+	$(PY) -m bench.run

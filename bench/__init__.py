@@ -1,0 +1,1 @@
+"""Benchmarks: small unary gRPC calls through the sidecar, side by side with nginx (see README.md)."""
