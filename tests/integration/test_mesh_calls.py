@@ -407,6 +407,17 @@ def test_client_cancel_mid_stream_reaches_the_server(mesh: Mesh) -> None:
         )
 
 
+def test_a_client_that_hangs_up_mid_call_cancels_it_at_the_server(mesh: Mesh) -> None:
+    call_id = f"hang-up-{uuid.uuid4()}"
+    request = control({"ms": 30_000, "id": call_id})  # no deadline
+    with channel(mesh.outbound) as ch:
+        with h2_client.hung_up_after(mesh.outbound, ECHO + "Sleep", request, authority="echo"):
+            wait_for(lambda: server_state(ch, call_id) == "started", 5, f"{call_id} to start")
+        wait_for(
+            lambda: server_state(ch, call_id) == "cancelled", 5, f"the server to see {call_id} cancelled"
+        )
+
+
 # ------------------------------------------------------------------------ admin
 
 

@@ -51,7 +51,12 @@ def test_request_queued_before_the_upstream_settings_is_not_stalled(tmp_path: Pa
             assert ch.unary_unary(ECHO + "Unary")(body, timeout=5) == body
 
 
-def test_upstream_crash_mid_call_is_unavailable_and_the_sidecars_keep_serving(tmp_path: Path) -> None:
+@pytest.mark.parametrize("crashing", ["app", "sidecar"])
+def test_upstream_crash_mid_call_is_unavailable_and_the_mesh_keeps_serving(
+    tmp_path: Path, crashing: str
+) -> None:
+    """SIGKILL the called app, or its sidecar, while calls to it are in flight (a unary call waiting
+    for its reply, a server stream between messages)."""
     apps = [AppSpec("victim", "echo"), AppSpec("healthy", "echo")]
     with running_mesh(tmp_path / "mesh", apps) as mesh:
         warm_up(mesh, "victim")
@@ -69,7 +74,7 @@ def test_upstream_crash_mid_call_is_unavailable_and_the_sidecars_keep_serving(tm
             wait_for(lambda: server_state(ch, sleep_id) == "started", 5, "the Sleep call to start")
 
             killed_at = time.monotonic()
-            mesh.kill(victim.app)
+            mesh.kill(victim.app if crashing == "app" else victim.sidecar)
 
             unary_error = sleeping.exception(timeout=10)
             assert isinstance(unary_error, grpc.RpcError), unary_error
@@ -78,15 +83,16 @@ def test_upstream_crash_mid_call_is_unavailable_and_the_sidecars_keep_serving(tm
             assert stream_error.code() == grpc.StatusCode.UNAVAILABLE, stream_error
             assert time.monotonic() - killed_at < 5
 
-            # With its app gone, the victim's sidecar answers new calls UNAVAILABLE, promptly.
+            # New calls to the crashed service fail UNAVAILABLE, promptly.
             started = time.monotonic()
             again = rpc_error(lambda: ch.unary_unary(ECHO + "Unary")(b"x", timeout=10))
             assert again.code() == grpc.StatusCode.UNAVAILABLE, again
             assert time.monotonic() - started < 5
 
-        # Both sidecars are still up, and the client sidecar still carries calls to the other service.
+        # The sidecars still up are ready, and the client sidecar still carries calls to the other service.
         assert http_get(mesh.admin, "/ready")[0] == 200
-        assert http_get(victim.admin, "/ready")[0] == 200
+        if crashing == "app":
+            assert http_get(victim.admin, "/ready")[0] == 200
         with channel(mesh.outbound, "healthy") as ch:
             assert ch.unary_unary(ECHO + "Unary")(b"still serving", timeout=10) == b"still serving"
             assert list(

@@ -7,9 +7,11 @@ speaks HTTP/2 at all to a given kind of client.
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import ssl
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import h2.config
@@ -61,11 +63,7 @@ def call(
     deadline = time.monotonic() + timeout
     with socket.create_connection((host, port), timeout=timeout) as sock:
         conn.initiate_connection()
-        headers = [
-            (":method", "POST"), (":scheme", "http"), (":path", path), (":authority", authority),
-            ("content-type", "application/grpc"), ("te", "trailers"), *(metadata or []),
-        ]  # fmt: skip
-        conn.send_headers(1, headers)
+        conn.send_headers(1, [*_request_headers(path, authority, "http"), *(metadata or [])])
         conn.send_data(1, grpc_frame(body), end_stream=True)
         sock.sendall(conn.data_to_send())
         ended = False
@@ -89,6 +87,27 @@ def call(
                     ended = True
             sock.sendall(conn.data_to_send())
     return response
+
+
+@contextlib.contextmanager
+def hung_up_after(address: str, path: str, body: bytes, *, authority: str) -> Iterator[None]:
+    """Send a unary request and keep the connection open for the `with` block; then close the
+    TCP connection without RST_STREAM or GOAWAY, as a client that went away does."""
+    host, port = _split(address)
+    conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+    with socket.create_connection((host, port), timeout=10) as sock:
+        conn.initiate_connection()
+        conn.send_headers(1, _request_headers(path, authority, "http"))
+        conn.send_data(1, grpc_frame(body), end_stream=True)
+        sock.sendall(conn.data_to_send())
+        yield
+
+
+def _request_headers(path: str, authority: str, scheme: str) -> Headers:
+    return [
+        (":method", "POST"), (":scheme", scheme), (":path", path), (":authority", authority),
+        ("content-type", "application/grpc"), ("te", "trailers"),
+    ]  # fmt: skip
 
 
 def speaks_h2(address: str, ssl_context: ssl.SSLContext | None = None, timeout: float = 5.0) -> bool:
