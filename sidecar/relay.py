@@ -320,11 +320,15 @@ class Relay:
 
     def protocol(self) -> H2Connection:
         cls = _MutualTlsConnection if self.secure else H2Connection
-        conn = cls(
-            client=False, limits=self.limits, on_request=self.on_request, on_closed=self.connections.discard
+        # Tracked from connection_made on: asyncio never reports a failed TLS handshake to the
+        # protocol, so a connection added earlier would never leave the set.
+        return cls(
+            client=False,
+            limits=self.limits,
+            on_request=self.on_request,
+            on_closed=self.connections.discard,
+            on_made=self.connections.add,
         )
-        self.connections.add(conn)
-        return conn
 
     def on_request(self, stream: Stream, headers: HeaderList, end_stream: bool) -> None:
         conn = stream.conn

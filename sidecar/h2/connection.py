@@ -149,6 +149,7 @@ class H2Connection(asyncio.Protocol):
         on_closed: Callable[[H2Connection], None] | None = None,
         on_ready: Callable[[H2Connection], None] | None = None,
         on_capacity: Callable[[H2Connection], None] | None = None,
+        on_made: Callable[[H2Connection], None] | None = None,
     ) -> None:
         self.client = client
         self.limits = limits
@@ -156,6 +157,7 @@ class H2Connection(asyncio.Protocol):
         self.on_closed = on_closed
         self.on_ready = on_ready
         self.on_capacity = on_capacity
+        self.on_made = on_made
         self.transport: asyncio.Transport | None = None
         self.loop = asyncio.get_running_loop()
         self.streams: dict[int, Stream] = {}
@@ -206,6 +208,8 @@ class H2Connection(asyncio.Protocol):
         self._write(F.settings(settings))
         if self.limits.connection_window > F.DEFAULT_WINDOW:
             self._write(F.window_update(0, self.limits.connection_window - F.DEFAULT_WINDOW))
+        if self.on_made is not None:
+            self.on_made(self)
 
     def data_received(self, data: bytes) -> None:
         buf = self._buf
@@ -748,6 +752,8 @@ class H2Connection(asyncio.Protocol):
 
     def drain(self) -> asyncio.Future[None]:
         """Graceful shutdown: GOAWAY, let streams in flight finish, then close."""
+        if self.transport is None and not self.drained.done():
+            self.drained.set_result(None)  # never opened (e.g. a refused TLS handshake) or already gone
         if not self.goaway_sent and self.transport is not None:
             self.goaway_sent = True
             self._write(F.goaway(self.last_remote_sid, F.NO_ERROR))
