@@ -50,6 +50,8 @@ async def _serve(args: argparse.Namespace) -> int:
         print(f"meshctl sidecar: cannot listen: {exc}", file=sys.stderr)
         await sidecar.stop(0)
         return 1
+    listening = ", ".join(f"{name} {address}" for name, address in addresses.items())
+    print(f"meshctl sidecar: {config.service} listening: {listening}", file=sys.stderr, flush=True)
     if args.ready_file:
         _write_ready(args.ready_file, {**addresses, "pid": os.getpid()})
     stop = asyncio.Event()
