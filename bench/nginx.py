@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from control_plane.ca import WorkloadFiles
 from meshctl import procs
 
 READY_TIMEOUT = 10.0
@@ -23,21 +24,14 @@ MANY_REQUESTS = 100_000_000
 
 
 @dataclass(frozen=True, slots=True)
-class TlsFiles:
-    cert: Path
-    key: Path
-    ca: Path
-
-
-@dataclass(frozen=True, slots=True)
 class NginxSite:
     """One nginx: where it listens, whether that is mTLS, and where it relays to (and how)."""
 
     name: str
     port: int
     upstream: str  # host:port
-    listen_tls: TlsFiles | None = None  # TLS 1.3, client certificate required (as a sidecar's inbound)
-    upstream_tls: TlsFiles | None = None  # grpcs:// to the upstream, presenting this certificate
+    listen_tls: WorkloadFiles | None = None  # TLS 1.3, client certificate required (as a sidecar's inbound)
+    upstream_tls: WorkloadFiles | None = None  # grpcs:// to the upstream, presenting this certificate
 
 
 def render_config(site: NginxSite, state_dir: Path) -> str:

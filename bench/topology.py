@@ -76,9 +76,6 @@ def _tls(files: WorkloadFiles) -> dict[str, str]:
     return {"cert": str(files.cert), "key": str(files.key), "ca": str(files.ca)}
 
 
-def _nginx_tls(files: WorkloadFiles) -> nginx.TlsFiles:
-    return nginx.TlsFiles(files.cert, files.key, files.ca)
-
 
 class Launcher:
     """Starts every process the rows need, in dependency order, each waited for until ready."""
@@ -101,7 +98,7 @@ class Launcher:
         path.write_text(yaml.safe_dump(config, sort_keys=False))
         return self._python(name, "-m", "meshctl", "sidecar", "--config", str(path))
 
-    def nginx(self, site_name: str, upstream: str, **tls: nginx.TlsFiles) -> nginx.RunningNginx:
+    def nginx(self, site_name: str, upstream: str, **tls: WorkloadFiles) -> nginx.RunningNginx:
         """nginx on a port picked free just before; started again on another if it lost the race."""
         for attempt in range(1, NGINX_BIND_ATTEMPTS + 1):
             site = nginx.NginxSite(site_name, free_port(), upstream, **tls)
@@ -128,11 +125,11 @@ class Launcher:
             "app": topo.app_address, "tls": _tls(users_tls), "services": {},
         })  # fmt: skip
         sc_out = self.sidecar("sidecar-out", self._client_config(client_tls, str(sc_in["inbound"])))
-        ngx_tls_in = self.nginx("nginx-tls-in", topo.app_address, listen_tls=_nginx_tls(users_tls))
+        ngx_tls_in = self.nginx("nginx-tls-in", topo.app_address, listen_tls=users_tls)
         sc_out_ngx = self.sidecar("sidecar-out-to-nginx", self._client_config(client_tls, ngx_tls_in.address))
         ngx_h2c = self.nginx("nginx-h2c", topo.app_address)
-        ngx_tls_out = self.nginx("nginx-tls-out", ngx_tls_in.address, upstream_tls=_nginx_tls(client_tls))
-        ngx_to_sc = self.nginx("nginx-to-sidecar", str(sc_in["inbound"]), upstream_tls=_nginx_tls(client_tls))
+        ngx_tls_out = self.nginx("nginx-tls-out", ngx_tls_in.address, upstream_tls=client_tls)
+        ngx_to_sc = self.nginx("nginx-to-sidecar", str(sc_in["inbound"]), upstream_tls=client_tls)
 
         def sidecar(label: str, ready: dict[str, Any]) -> Proxy:
             return Proxy(label, "sidecar", int(ready["pid"]), admin=str(ready["admin"]))

@@ -12,6 +12,7 @@ import pytest
 from bench import grpc_check, h2load, nginx, procstat, report
 from bench.measure import Sample
 from bench.topology import Proxy, Row
+from control_plane.ca import WorkloadFiles
 
 H2LOAD_OUTPUT = """starting benchmark...
 spawning thread #0: 2 total client(s). 200 total requests
@@ -69,7 +70,7 @@ def test_framed_request_is_one_length_prefixed_message() -> None:
 
 
 def test_nginx_tls_server_requires_client_certificates(tmp_path: Path) -> None:
-    files = nginx.TlsFiles(tmp_path / "c.pem", tmp_path / "k.pem", tmp_path / "ca.pem")
+    files = WorkloadFiles(tmp_path / "c.pem", tmp_path / "k.pem", tmp_path / "ca.pem")
     conf = nginx.render_config(nginx.NginxSite("in", 8443, "127.0.0.1:9000", listen_tls=files), tmp_path)
     assert "listen 127.0.0.1:8443 ssl http2;" in conf
     assert "ssl_verify_client on;" in conf
@@ -80,7 +81,7 @@ def test_nginx_tls_server_requires_client_certificates(tmp_path: Path) -> None:
 
 
 def test_nginx_tls_client_presents_a_certificate(tmp_path: Path) -> None:
-    files = nginx.TlsFiles(tmp_path / "c.pem", tmp_path / "k.pem", tmp_path / "ca.pem")
+    files = WorkloadFiles(tmp_path / "c.pem", tmp_path / "k.pem", tmp_path / "ca.pem")
     conf = nginx.render_config(nginx.NginxSite("out", 8080, "127.0.0.1:8443", upstream_tls=files), tmp_path)
     assert "listen 127.0.0.1:8080 http2;" in conf
     assert "grpc_pass grpcs://next_hop;" in conf
