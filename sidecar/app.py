@@ -14,7 +14,7 @@ from sidecar import tls
 from sidecar.call import Handler
 from sidecar.chain import build_inbound, build_outbound
 from sidecar.config import Address, SidecarConfig
-from sidecar.h2.connection import Limits
+from sidecar.h2.stream import Limits
 from sidecar.pool import Pools
 from sidecar.relay import Relay
 from sidecar.stats import Stats

@@ -11,8 +11,9 @@ from typing import Protocol
 from sidecar import tls
 from sidecar.config import Address
 from sidecar.h2 import frames as F
-from sidecar.h2.connection import H2Connection, Limits, Stream
+from sidecar.h2.connection import H2Connection
 from sidecar.h2.hpack_codec import Header
+from sidecar.h2.stream import Limits, Stream
 
 log = logging.getLogger(__name__)
 

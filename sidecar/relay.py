@@ -18,8 +18,9 @@ from sidecar.call import CallHead, Handler
 from sidecar.errors import MeshError, status_for
 from sidecar.grpc_wire import Code, format_timeout, parse_timeout, status_of, status_trailers, trailers_only
 from sidecar.h2 import frames as F
-from sidecar.h2.connection import H2Connection, Limits, Stream
+from sidecar.h2.connection import H2Connection
 from sidecar.h2.hpack_codec import Header, HeaderList
+from sidecar.h2.stream import Limits, Stream
 from sidecar.stats import Stats
 
 log = logging.getLogger(__name__)
