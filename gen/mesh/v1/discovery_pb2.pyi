@@ -75,14 +75,16 @@ class StreamSnapshotsResponse(_message.Message):
     def __init__(self, snapshot: _Optional[_Union[Snapshot, _Mapping]] = ...) -> None: ...
 
 class Snapshot(_message.Message):
-    __slots__ = ("version", "services", "policies")
+    __slots__ = ("version", "store_revision", "services", "policies")
     VERSION_FIELD_NUMBER: _ClassVar[int]
+    STORE_REVISION_FIELD_NUMBER: _ClassVar[int]
     SERVICES_FIELD_NUMBER: _ClassVar[int]
     POLICIES_FIELD_NUMBER: _ClassVar[int]
     version: str
+    store_revision: int
     services: _containers.RepeatedCompositeFieldContainer[Service]
     policies: _containers.RepeatedCompositeFieldContainer[_resources_pb2.Resource]
-    def __init__(self, version: _Optional[str] = ..., services: _Optional[_Iterable[_Union[Service, _Mapping]]] = ..., policies: _Optional[_Iterable[_Union[_resources_pb2.Resource, _Mapping]]] = ...) -> None: ...
+    def __init__(self, version: _Optional[str] = ..., store_revision: _Optional[int] = ..., services: _Optional[_Iterable[_Union[Service, _Mapping]]] = ..., policies: _Optional[_Iterable[_Union[_resources_pb2.Resource, _Mapping]]] = ...) -> None: ...
 
 class Service(_message.Message):
     __slots__ = ("name", "namespace", "grpc_services", "endpoints")
