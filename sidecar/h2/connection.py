@@ -688,4 +688,5 @@ class H2Connection(asyncio.Protocol):
             out = self._out
             self._out = []
             if self.transport is not None and not self.transport.is_closing():
-                self.transport.writelines(out)
+                # One write, not writelines: a TLS transport makes a record per buffer it is given.
+                self.transport.write(b"".join(out) if len(out) > 1 else out[0])
