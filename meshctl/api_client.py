@@ -8,6 +8,7 @@ Every failure is an `ApiError`: `ControlPlaneUnreachable` when nothing answers a
 from __future__ import annotations
 
 import argparse
+import http.client
 import json
 import os
 import socket
@@ -382,9 +383,12 @@ class ControlPlaneClient:
             raise ControlPlaneUnreachable(self.server, _describe_os_error(exc.reason)) from None
         except TimeoutError:
             raise ControlPlaneUnreachable(self.server, f"no answer within {self.timeout:g}s") from None
-        except (ConnectionError, OSError) as exc:
-            # A connection reset or closed mid-response.
+        except OSError as exc:  # reset or closed mid-request
             raise ControlPlaneUnreachable(self.server, _describe_os_error(exc)) from None
+        except http.client.HTTPException as exc:  # not HTTP, or cut short
+            raise ProtocolError(
+                f"{method} {path}: not a valid HTTP response from {self.server} ({type(exc).__name__})"
+            ) from None
         try:
             parsed = json.loads(raw) if raw.strip() else {}
         except ValueError:
@@ -431,7 +435,8 @@ def _describe_os_error(reason: object) -> str:
         return f"cannot resolve host ({reason.strerror or reason})"
     if isinstance(reason, OSError) and reason.strerror:
         return reason.strerror.lower()
-    return str(reason) or type(reason).__name__
+    text = str(reason) or type(reason).__name__
+    return text[:1].lower() + text[1:]
 
 
 def _snippet(raw: bytes, limit: int = 200) -> str:

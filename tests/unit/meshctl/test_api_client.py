@@ -3,12 +3,15 @@ strings, defaults left out), URLs; and the small pieces the commands build on.""
 
 from __future__ import annotations
 
+import socket
+import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime
 
 import pytest
 
 from meshctl.api_client import (
+    ApiError,
     Conflict,
     ControlPlaneClient,
     NotFound,
@@ -120,3 +123,30 @@ def test_ages_and_tables() -> None:
     assert [format_age(t, now) for t in ages] == ["1s", "60m", "26h", "4d"]
     assert [format_age(t, now) for t in ("", "garbage", "2030-06-01T12:00:05Z")] == ["-", "-", "0s"]
     assert format_table(("A", "LONGER"), [("xx", "y"), ("", "")]) == "A    LONGER\nxx   y\n"
+
+
+@pytest.mark.parametrize(
+    ("answer", "error"),
+    [
+        (b"", "control plane not reachable at http://127.0.0.1:{port}: remote end closed connection"),
+        (b"SMTP ready\r\n", "GET /api/v1/sidecars: not a valid HTTP response from http://127.0.0.1:{port}"),
+    ],
+)
+def test_a_peer_that_does_not_speak_http(answer: bytes, error: str) -> None:
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        port = listener.getsockname()[1]
+
+        def serve_one() -> None:
+            conn, _ = listener.accept()
+            with conn:
+                conn.recv(65536)
+                conn.sendall(answer)
+
+        thread = threading.Thread(target=serve_one)
+        thread.start()
+        try:
+            with pytest.raises(ApiError) as info:
+                ControlPlaneClient(f"127.0.0.1:{port}", timeout=10).sidecars()
+        finally:
+            thread.join()
+    assert str(info.value).startswith(error.format(port=port))
