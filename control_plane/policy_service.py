@@ -26,7 +26,7 @@ import yaml
 
 from control_plane.api_errors import ConflictError, Internal, InvalidArgument, NotFoundError
 from control_plane.auth import Clock, utc_now
-from control_plane.policy import API_VERSIONS, ValidationError, validate, validate_all
+from control_plane.policy import API_VERSIONS, MAX_DEPTH, ValidationError, validate, validate_all
 from control_plane.resources import (
     KINDS,
     Change,
@@ -292,16 +292,19 @@ def check_key(key: ResourceKey) -> ResourceKey:
     return key
 
 
-def _plain(value: Any) -> Any:
+def _plain(value: Any, depth: int = 0) -> Any:
     """JSON values as plain dicts and lists, with whole-number floats made ints.
 
     JSON (and protobuf's Struct, which gRPC documents arrive in) has one number type, so
     ``weight: 50`` may arrive as 50.0; normalising here makes both APIs store the same spec.
+    Below the validator's depth limit values are left as they are, for it to refuse.
     """
+    if depth > MAX_DEPTH:
+        return value
     if isinstance(value, Mapping):
-        return {str(k): _plain(v) for k, v in value.items()}
+        return {str(k): _plain(v, depth + 1) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return [_plain(v) for v in value]
+        return [_plain(v, depth + 1) for v in value]
     if isinstance(value, float) and value.is_integer() and abs(value) < 2**53:
         return int(value)
     return value

@@ -158,6 +158,8 @@ def _parse_json(body: bytes) -> dict[str, Any]:
         ) from None
     except ValueError as exc:
         raise InvalidArgument(f"malformed JSON: {exc}", reason="malformed JSON") from None
+    except RecursionError:
+        raise InvalidArgument("malformed JSON: nested too deeply", reason="malformed JSON") from None
     if not isinstance(value, dict):
         raise InvalidArgument(
             f"the request body must be a JSON object, got {type(value).__name__}", reason="not an object"

@@ -172,6 +172,10 @@ def test_yaml_bodies_and_dry_runs(tmp_path: Path) -> None:
     with_client(tmp_path, body)
 
 
+DEEP: Any = []
+for _ in range(900):
+    DEEP = [DEEP]
+
 OVERSIZE = {"documents": [virtual_service(extra_spec={"x": "y" * MAX_BODY_BYTES})]}
 
 
@@ -245,6 +249,26 @@ BAD_REQUESTS: list[tuple[str, dict[str, Any], int, str, str]] = [
         400,
         "INVALID_ARGUMENT",
         "malformed JSON: NaN is not valid JSON",
+    ),
+    (
+        "JSON nested too deeply to parse",
+        {
+            "data": '{"documents": ' + "[" * 100_000 + "]" * 100_000 + "}",
+            "headers": {"Content-Type": "application/json"},
+        },
+        400,
+        "INVALID_ARGUMENT",
+        "malformed JSON: nested too deeply",
+    ),
+    (
+        "a deeply nested document",
+        {
+            "data": json.dumps({"documents": [virtual_service(extra_spec={"x": DEEP})]}),
+            "headers": {"Content-Type": "application/json"},
+        },
+        400,
+        "INVALID_ARGUMENT",
+        "VirtualService users: * nested",
     ),
     (
         "not UTF-8",
