@@ -1,0 +1,320 @@
+"""The discovery service: one bidirectional stream per sidecar, snapshots out, Acks/Nacks in.
+
+A stream opens with the sidecar's Hello (anything else is INVALID_ARGUMENT); the sidecar is
+registered and gets its first snapshot at once (once the warm-up is over, see below). After
+that, one background task waits for a change — `notify_changed()` after a store write, or a
+registry change (an endpoint came, left or changed health; a disconnected endpoint's grace ran
+out) — lets further changes gather for the debounce interval, then rebuilds every connected
+sidecar's snapshot and sends it only to the sidecars whose content changed. Those whose content
+did not change but had acknowledged it are recorded as having applied the new store revision
+too, which is what `wait_for_revision` (for `meshctl apply --wait`) waits for.
+
+Each stream has an outbox; its handler writes what is queued, the newest winning when several
+snapshots queued up behind a slow stream. When the stream ends the sidecar is marked
+disconnected; its endpoint leaves the other sidecars' snapshots after the registry's grace.
+
+Warm-up: the registry lives in memory, so a control plane that just (re)started knows no
+endpoints. For `warmup` seconds after start it registers the sidecars that reconnect but sends
+nothing; then every connected sidecar gets its first snapshot. Without it, the first sidecars
+back would be sent snapshots lacking the endpoints of those not back yet, and their calls would
+fail for a moment. A sidecar connecting during the warm-up becomes ready at its end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any, NoReturn
+
+import grpc
+from mesh.v1 import discovery_pb2, discovery_pb2_grpc
+
+from control_plane.registry import Clock, InvalidHello, Registration, Registry, SidecarRecord
+from control_plane.resources import Store
+from control_plane.snapshots import SnapshotBuilder, content_hash
+
+log = logging.getLogger(__name__)
+
+DEFAULT_DEBOUNCE = 0.03
+# After a (re)start, how long to only listen: the sidecars that were connected before come back
+# within their reconnect backoff (at most 2 s, +20% jitter), and until they have, the registry
+# lacks their endpoints — a snapshot sent then would drop live endpoints from their callers.
+DEFAULT_WARMUP = 3.0
+
+
+@dataclass(eq=False)
+class _Session:
+    node_id: str
+    session: int
+    outbox: asyncio.Queue[discovery_pb2.Snapshot | None] = field(default_factory=asyncio.Queue)
+    sent_hash: str = ""  # content hash of the last snapshot queued for this stream
+
+    def close(self) -> None:
+        self.outbox.put_nowait(None)
+
+
+async def _abort(context: grpc.aio.ServicerContext, code: grpc.StatusCode, details: str) -> NoReturn:
+    await context.abort(code, details)
+    raise AssertionError("unreachable: abort raises")
+
+
+def registration_of(hello: discovery_pb2.Hello) -> Registration:
+    return Registration(
+        node_id=hello.node_id,
+        service=hello.service,
+        namespace=hello.namespace or "default",
+        labels=dict(hello.labels),
+        inbound_address=hello.inbound_address,
+        identity=hello.identity,
+        grpc_services=tuple(hello.grpc_services),
+        dependencies=tuple(hello.dependencies),
+        admin_address=hello.admin_address,
+    )
+
+
+class DiscoveryServicer(discovery_pb2_grpc.DiscoveryServiceServicer):  # type: ignore[misc]
+    """`mesh.v1.DiscoveryService` on grpc.aio. Add it to a server with
+    `discovery_pb2_grpc.add_DiscoveryServiceServicer_to_server`; call `await stop()` before the
+    server stops. The push loop starts with the first stream (or `start()`)."""
+
+    def __init__(
+        self,
+        store: Store,
+        registry: Registry | None = None,
+        *,
+        builder: SnapshotBuilder | None = None,
+        debounce: float = DEFAULT_DEBOUNCE,
+        warmup: float = DEFAULT_WARMUP,
+        hello_timeout: float = 10.0,
+        clock: Clock = time.monotonic,
+    ) -> None:
+        self.store = store
+        self.registry = registry if registry is not None else Registry(clock=clock)
+        self.builder = builder if builder is not None else SnapshotBuilder()
+        self.debounce = debounce
+        self.warmup = warmup
+        self.hello_timeout = hello_timeout
+        self._warm_until: float | None = None  # on the registry's clock
+        self._sessions: dict[str, _Session] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._wake: asyncio.Event | None = None  # the push loop has something to look at
+        self._dirty = False  # something changed since the last rebuild
+        self._acked: asyncio.Event | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._stopped = False
+        self._unsubscribe = self.registry.subscribe(self._on_registry_change)
+        self.pushes = 0  # snapshots queued after the first one of a stream (for tests and metrics)
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def start(self) -> None:
+        """Start the push loop on the running event loop (idempotent)."""
+        if self._task is not None or self._stopped:
+            return
+        self._loop = asyncio.get_running_loop()
+        self._wake = asyncio.Event()
+        if self.warmup > 0:
+            self._warm_until = self.registry.clock() + self.warmup
+            self._dirty = True  # the first snapshots go out when the warm-up ends
+        self._acked = asyncio.Event()
+        self._task = self._loop.create_task(self._push_loop(), name="discovery-push")
+
+    async def stop(self) -> None:
+        """Stop pushing and end every stream (their sidecars reconnect elsewhere or later)."""
+        self._stopped = True
+        self._unsubscribe()
+        for session in list(self._sessions.values()):
+            session.close()
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    def notify_changed(self) -> None:
+        """The store changed: rebuild and push after the debounce. Safe from any thread."""
+        loop = self._loop
+        if loop is None:
+            return  # no stream yet: every stream starts from a fresh build anyway
+        try:
+            running: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is loop:
+            self._mark_dirty()
+        else:
+            loop.call_soon_threadsafe(self._mark_dirty)
+
+    def _mark_dirty(self) -> None:
+        self._dirty = True
+        if self._wake is not None:
+            self._wake.set()
+
+    def _on_registry_change(self) -> None:
+        self._mark_dirty()
+
+    # ------------------------------------------------------------------ waiting for sidecars
+
+    @property
+    def warming(self) -> bool:
+        """Within the warm-up after start: sidecars register, nothing is sent yet."""
+        if self._warm_until is None:
+            return False
+        if self.registry.clock() < self._warm_until:
+            return True
+        self._warm_until = None
+        return False
+
+    def caught_up(self, revision: int) -> bool:
+        return all(r.applied_revision >= revision for r in self.registry.connected())
+
+    async def wait_for_revision(self, revision: int, timeout: float) -> bool:
+        """True once every connected sidecar has applied a snapshot built from `revision` or a
+        later one (or one whose content that revision does not change); False at the timeout."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while not self.caught_up(revision):
+            remaining = deadline - loop.time()
+            if remaining <= 0 or self._acked is None:
+                return self.caught_up(revision)
+            self._acked.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._acked.wait(), remaining)
+        return True
+
+    def _progress(self) -> None:
+        if self._acked is not None:
+            self._acked.set()
+
+    # ------------------------------------------------------------------ the stream
+
+    async def StreamSnapshots(self, request_iterator: Any, context: grpc.aio.ServicerContext) -> None:
+        if self._stopped:
+            await _abort(context, grpc.StatusCode.UNAVAILABLE, "control plane is stopping")
+        self.start()
+        try:
+            first = await asyncio.wait_for(context.read(), self.hello_timeout)
+        except TimeoutError:
+            await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, "no hello within the timeout")
+        if first is grpc.aio.EOF:
+            return
+        kind = first.WhichOneof("message")
+        if kind != "hello":
+            await _abort(
+                context, grpc.StatusCode.INVALID_ARGUMENT, f"the first message must be a hello, got {kind}"
+            )
+        try:
+            record = self.registry.register(registration_of(first.hello))
+        except InvalidHello as exc:
+            await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        node_id = record.node_id
+        session = _Session(node_id, record.session)
+        previous = self._sessions.get(node_id)
+        if previous is not None:
+            previous.close()  # the same sidecar on a new stream: the old one ends
+        self._sessions[node_id] = session
+        if not self.warming:
+            self._queue(session, record, self.builder.build(record, self.registry, self.store))
+        reader = asyncio.get_running_loop().create_task(self._read(context, session))
+        try:
+            while True:
+                snapshot = await session.outbox.get()
+                while snapshot is not None and not session.outbox.empty():
+                    snapshot = session.outbox.get_nowait()  # a newer one supersedes it
+                if snapshot is None:
+                    break
+                await context.write(discovery_pb2.StreamSnapshotsResponse(snapshot=snapshot))
+        finally:
+            reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reader
+            if self._sessions.get(node_id) is session:
+                del self._sessions[node_id]
+            self.registry.disconnect(node_id, session.session)
+            self._progress()
+            if self._wake is not None:
+                self._wake.set()  # the push loop re-arms its grace timer
+
+    async def _read(self, context: grpc.aio.ServicerContext, session: _Session) -> None:
+        node_id = session.node_id
+        try:
+            while True:
+                request = await context.read()
+                if request is grpc.aio.EOF:
+                    break
+                if self._sessions.get(node_id) is not session:
+                    break
+                kind = request.WhichOneof("message")
+                if kind == "ack":
+                    self.registry.ack(node_id, request.ack.version)
+                elif kind == "nack":
+                    self.registry.nack(node_id, request.nack.version, request.nack.reason)
+                    log.warning(
+                        "sidecar %s refused snapshot %s: %s",
+                        node_id,
+                        request.nack.version,
+                        request.nack.reason,
+                    )
+                elif kind == "health":
+                    self.registry.set_serving(node_id, request.health.serving)
+                elif kind == "hello":
+                    log.warning("sidecar %s sent a second hello; ignored", node_id)
+                    self.registry.seen(node_id)
+                self._progress()
+        except Exception as exc:  # the stream broke: same as its end
+            log.info("stream of %s ended: %r", node_id, exc)
+        finally:
+            session.close()
+
+    def _queue(self, session: _Session, record: SidecarRecord, snapshot: discovery_pb2.Snapshot) -> None:
+        session.sent_hash = content_hash(snapshot)
+        self.registry.sent(record.node_id, snapshot.version, snapshot.store_revision)
+        session.outbox.put_nowait(snapshot)
+
+    # ------------------------------------------------------------------ the push loop
+
+    async def _push_loop(self) -> None:
+        wake = self._wake
+        assert wake is not None
+        while True:
+            # Sleep until a change, or until a disconnected endpoint's grace runs out (a stream's
+            # end wakes the loop too, to set that timer).
+            deadlines = [d for d in (self.registry.next_deadline(), self._warm_until) if d is not None]
+            timeout = max(0.0, min(deadlines) - self.registry.clock()) if deadlines else None
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(wake.wait(), timeout)
+            wake.clear()
+            self.registry.expire()  # marks us dirty if an endpoint's grace ran out
+            if self.warming or not self._dirty:
+                continue
+            await asyncio.sleep(self.debounce)  # let a burst of changes become one push
+            try:
+                self.push_all()
+            except Exception:
+                log.exception("rebuilding snapshots failed; will retry on the next change")
+
+    def push_all(self) -> int:
+        """Rebuild every connected sidecar's snapshot and queue those that changed; returns how
+        many were queued. (The push loop calls this; tests may too.)"""
+        self.registry.expire()
+        self._dirty = False  # this pass includes every change so far
+        queued = 0
+        for node_id, session in list(self._sessions.items()):
+            record = self.registry.get(node_id)
+            if record is None or record.session != session.session or not record.connected:
+                continue
+            snapshot = self.builder.build(record, self.registry, self.store)
+            if content_hash(snapshot) == session.sent_hash:
+                self.registry.still_current(node_id, snapshot.store_revision)
+                continue
+            self._queue(session, record, snapshot)
+            queued += 1
+        self.pushes += queued
+        self._progress()
+        return queued
+
+    def sidecars(self) -> list[SidecarRecord]:
+        """Every sidecar the registry knows, for status (copies)."""
+        return self.registry.sidecars()
