@@ -16,11 +16,12 @@ from typing import Any
 def register(sub: Any) -> None:
     parser = sub.add_parser(
         "sidecar",
-        help="run a sidecar (static config file)",
+        help="run a sidecar (static config, or config pushed by a control plane)",
         description="Run a sidecar: an mTLS inbound listener in front of the local app, a plaintext "
-        "loopback outbound listener for the app's calls, and an admin HTTP port.",
+        "loopback outbound listener for the app's calls, and an admin HTTP port. With control_plane: "
+        "in the config, the services it calls and its policies come from the control plane.",
     )
-    parser.add_argument("--config", required=True, type=Path, help="static sidecar config (YAML)")
+    parser.add_argument("--config", required=True, type=Path, help="sidecar config (YAML)")
     parser.add_argument(
         "--ready-file", type=Path, help="write the bound addresses here as JSON once listening"
     )
@@ -43,7 +44,11 @@ async def _serve(args: argparse.Namespace) -> int:
     except (ConfigError, OSError) as exc:
         print(f"meshctl sidecar: invalid config {args.config}: {exc}", file=sys.stderr)
         return 2
-    sidecar = Sidecar(config)
+    try:
+        sidecar = Sidecar(config)
+    except (ValueError, OSError) as exc:  # e.g. a certificate without a usable SPIFFE ID
+        print(f"meshctl sidecar: cannot start: {exc}", file=sys.stderr)
+        return 2
     try:
         addresses = await sidecar.start()
     except OSError as exc:
@@ -52,6 +57,13 @@ async def _serve(args: argparse.Namespace) -> int:
         return 1
     listening = ", ".join(f"{name} {address}" for name, address in addresses.items())
     print(f"meshctl sidecar: {config.service} listening: {listening}", file=sys.stderr, flush=True)
+    if config.control_plane is not None:
+        print(
+            f"meshctl sidecar: {config.service} ({sidecar.node_id}) takes its config from the control "
+            f"plane at {config.control_plane}; ready once the first snapshot is applied",
+            file=sys.stderr,
+            flush=True,
+        )
     if args.ready_file:
         _write_ready(args.ready_file, {**addresses, "pid": os.getpid()})
     stop = asyncio.Event()

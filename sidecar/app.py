@@ -6,18 +6,22 @@ import asyncio
 import dataclasses
 import logging
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
 from sidecar import tls
 from sidecar.call import Handler
 from sidecar.chain import build_inbound, build_outbound
-from sidecar.config import Address, SidecarConfig
+from sidecar.config import Address, Policy, SidecarConfig
 from sidecar.h2.stream import Limits
 from sidecar.pool import Pools
 from sidecar.relay import Relay
 from sidecar.stats import Stats
+
+if TYPE_CHECKING:
+    from sidecar.app_health import AppHealthWatcher
+    from sidecar.discovery import Backoff, Discovered, DiscoveryClient
 
 log = logging.getLogger(__name__)
 
@@ -27,25 +31,35 @@ class Snapshot:
     """Everything a call needs to be decided, swapped atomically as one object."""
 
     version: str
-    config: SidecarConfig
+    config: SidecarConfig  # with a control plane, `services` are the pushed ones
     outbound: Handler | None
     inbound: Handler | None
+    policies: tuple[Policy, ...] = ()  # pushed by the control plane (static mode has none)
+    store_revision: int = 0
 
 
 def _jsonable(value: Any) -> Any:
+    if isinstance(value, Address | Path):  # before the dataclass case: an address reads as host:port
+        return str(value)
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return {f.name: _jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)}
     if isinstance(value, dict):
         return {str(k): _jsonable(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
         return [_jsonable(v) for v in value]
-    if isinstance(value, Address | Path):
-        return str(value)
     return value
 
 
 class Sidecar:
-    def __init__(self, config: SidecarConfig) -> None:
+    """Static mode serves `config` as it is. With `config.control_plane`, the services and
+    policies come from the control plane's snapshots (see sidecar.discovery): the sidecar is
+    ready once the first one is applied, and keeps its last good one while the control plane is
+    away. `node_id` names this sidecar to the control plane (default: service-host-pid);
+    `backoff` paces its reconnects (default: 0.1 s doubling to 2 s, ±20%)."""
+
+    def __init__(
+        self, config: SidecarConfig, *, node_id: str | None = None, backoff: Backoff | None = None
+    ) -> None:
         self.config = config
         self.stats = Stats()
         self.limits = Limits(
@@ -57,18 +71,48 @@ class Sidecar:
             server_ssl = tls.server_context(config.tls.cert, config.tls.key, config.tls.ca)
         self._server_ssl = server_ssl
         self.pools = Pools(self.limits, client_ssl)
-        self.snapshot = self._build_snapshot("static-1", config)
+        self.identity = ""
+        self.node_id = node_id or ""
+        if config.control_plane is not None:
+            from sidecar.discovery import default_node_id, identity_of
+
+            assert config.tls is not None  # the config requires it with a control plane
+            self.identity = identity_of(config.tls.cert)  # ValueError: no usable SPIFFE ID
+            self.node_id = node_id or default_node_id(config.service)
+        # Static mode starts on its file; with a control plane, on nothing until the first push.
+        version = "static-1" if config.control_plane is None else ""
+        self.snapshot = self._build_snapshot(version, config)
+        self.discovery: DiscoveryClient | None = None
+        self.app_health: AppHealthWatcher | None = None
+        self._backoff = backoff
         self._servers: list[asyncio.Server] = []
         self._relays: list[Relay] = []
         self._admin: web.AppRunner | None = None
         self.addresses: dict[str, str] = {}
         self.draining = False
-        self.ready = False
+        self.listening = False
 
-    def _build_snapshot(self, version: str, config: SidecarConfig) -> Snapshot:
+    @property
+    def ready(self) -> bool:
+        """Listening, not draining, and (with a control plane) on a pushed snapshot."""
+        if not self.listening or self.draining:
+            return False
+        return self.config.control_plane is None or bool(self.snapshot.version)
+
+    def _build_snapshot(
+        self, version: str, config: SidecarConfig, policies: tuple[Policy, ...] = (), store_revision: int = 0
+    ) -> Snapshot:
         outbound = build_outbound(config, self.pools) if config.outbound is not None else None
         inbound = build_inbound(config, self.pools) if config.inbound is not None else None
-        return Snapshot(version, config, outbound, inbound)
+        return Snapshot(version, config, outbound, inbound, policies, store_revision)
+
+    def apply(self, discovered: Discovered) -> None:
+        """Swap in a pushed snapshot (already validated): new chains over the new services.
+        Calls in flight keep the handler they started with."""
+        config = dataclasses.replace(self.config, services=discovered.services)
+        self.snapshot = self._build_snapshot(
+            discovered.version, config, discovered.policies, discovered.store_revision
+        )
 
     def _outbound(self) -> Handler:
         handler = self.snapshot.outbound
@@ -101,8 +145,23 @@ class Sidecar:
         site = web.TCPSite(self._admin, cfg.admin.host, cfg.admin.port, reuse_address=True)
         await site.start()
         self.addresses["admin"] = _bound(site._server)
-        self.ready = True
+        self.listening = True
+        if cfg.control_plane is not None:
+            self._start_discovery(cfg.control_plane)
         return dict(self.addresses)
+
+    def _start_discovery(self, control_plane: Address) -> None:
+        from sidecar.discovery import DiscoveryClient, hello_for
+
+        hello = hello_for(self.config, self.addresses, identity=self.identity, node_id=self.node_id)
+        self.discovery = DiscoveryClient(str(control_plane), hello, self.apply, backoff=self._backoff)
+        self.discovery.start()
+        if self.config.inbound is not None and self.config.app is not None:
+            from sidecar.app_health import AppHealthWatcher
+
+            # Its endpoint is only an endpoint while the app says it serves (grpc.health.v1).
+            self.app_health = AppHealthWatcher(self.config.app, self.discovery.report_health)
+            self.app_health.start()
 
     def _add(self, relay: Relay, server: asyncio.Server, name: str) -> None:
         self._relays.append(relay)
@@ -111,18 +170,30 @@ class Sidecar:
 
     def config_dump(self) -> dict[str, object]:
         snap = self.snapshot
-        return {
+        dump: dict[str, object] = {
             "version": snap.version,
             "config": _jsonable(snap.config),
             "listeners": dict(self.addresses),
             "draining": self.draining,
         }
+        if self.config.control_plane is not None:
+            dump["store_revision"] = snap.store_revision
+            dump["policies"] = _jsonable(snap.policies)
+            dump["identity"] = self.identity
+            dump["discovery"] = self.discovery.status() if self.discovery is not None else None
+            dump["app_serving"] = self.app_health.serving if self.app_health is not None else None
+        return dump
 
     async def stop(self, drain_seconds: float | None = None) -> None:
         """Stop accepting, let calls in flight finish (bounded), then close everything."""
         timeout = self.config.drain_seconds if drain_seconds is None else drain_seconds
         self.draining = True
-        self.ready = False
+        if self.app_health is not None:
+            await self.app_health.stop()
+        if self.discovery is not None:
+            # Not serving any more, so the other sidecars stop sending calls here; the last
+            # snapshot stays in force for the calls still draining.
+            await self.discovery.stop()
         for server in self._servers:
             server.close()
         await asyncio.gather(*(relay.drain(timeout) for relay in self._relays))

@@ -1,7 +1,10 @@
-"""The sidecar's static configuration: YAML → validated, immutable types, in one place.
+"""The sidecar's configuration: YAML → validated, immutable types, in one place.
 
-Static mode (no control plane) reads endpoints and certificates from this file; it stays useful
-for tests and for running a sidecar alone. Errors name the field path and the reason.
+Two modes. Static (no control plane): the file lists the services this sidecar calls and their
+endpoints; it stays useful for tests and for running a sidecar alone. With `control_plane:`, the
+services come from the control plane's snapshots instead (and `services:` must be absent); the
+file then says what this instance serves (`grpc_services:`) and, optionally, what it calls
+(`dependencies:`, default: every service). Errors name the field path and the reason.
 """
 
 from __future__ import annotations
@@ -52,6 +55,7 @@ class Address:
 class Endpoint:
     address: Address
     labels: dict[str, str] = field(default_factory=dict)
+    identity: str = ""  # its SPIFFE ID, when the control plane says (static configs do not)
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +63,18 @@ class ServiceEntry:
     name: str
     grpc_services: tuple[str, ...]
     endpoints: tuple[Endpoint, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    """A policy resource the control plane pushed (VirtualService, AuthorizationPolicy, ...),
+    kept as its parsed spec until the filters that enforce it read it."""
+
+    kind: str
+    namespace: str
+    name: str
+    spec: dict[str, Any]
+    resource_version: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +99,11 @@ class SidecarConfig:
     max_concurrent_streams: int = 4096
     drain_seconds: float = 10.0
     trust_domain: str = "cluster.local"
+    # Where the control plane's discovery service listens. Plaintext for now: identity and mTLS
+    # towards the control plane come with the certificate issue (issue 4).
+    control_plane: Address | None = None
+    grpc_services: tuple[str, ...] = ()  # what the local app serves (sent in the Hello)
+    dependencies: tuple[str, ...] = ()  # the services this sidecar calls; empty: every service
 
 
 _TOP_FIELDS = {
@@ -97,6 +118,9 @@ _TOP_FIELDS = {
     "max_concurrent_streams",
     "drain_seconds",
     "trust_domain",
+    "control_plane",
+    "grpc_services",
+    "dependencies",
 }
 
 
@@ -140,12 +164,16 @@ def _non_negative_number(value: object, path: str) -> float:
     return float(value)
 
 
+def _grpc_services(value: object, path: str) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(s, str) and s for s in value):
+        raise ConfigError(path, "expected a list of fully-qualified gRPC service names")
+    return tuple(value)
+
+
 def _service(name: str, raw: object, path: str) -> ServiceEntry:
     spec = _mapping(raw, path)
     _known(spec, {"grpc_services", "endpoints"}, path)
-    grpc_services = spec.get("grpc_services", [])
-    if not isinstance(grpc_services, list) or not all(isinstance(s, str) and s for s in grpc_services):
-        raise ConfigError(f"{path}.grpc_services", "expected a list of fully-qualified gRPC service names")
+    grpc_services = _grpc_services(spec.get("grpc_services", []), f"{path}.grpc_services")
     endpoints_raw = spec.get("endpoints", [])
     if not isinstance(endpoints_raw, list):
         raise ConfigError(f"{path}.endpoints", "expected a list")
@@ -158,7 +186,7 @@ def _service(name: str, raw: object, path: str) -> ServiceEntry:
         if address.port == 0:
             raise ConfigError(f"{ep_path}.address", "an endpoint needs a real port, not 0")
         endpoints.append(Endpoint(address, _labels(ep_map.get("labels"), f"{ep_path}.labels")))
-    return ServiceEntry(name, tuple(grpc_services), tuple(endpoints))
+    return ServiceEntry(name, grpc_services, tuple(endpoints))
 
 
 def _check_loopback(address: Address, path: str) -> None:
@@ -206,6 +234,29 @@ def parse_config(raw: object, base_dir: Path = Path()) -> SidecarConfig:
         tls = TlsFiles(paths["cert"], paths["key"], paths["ca"])
     if inbound is not None and tls is None:
         raise ConfigError("tls", "required when listeners.inbound is set (inbound is mutual TLS)")
+    control_plane: Address | None = None
+    grpc_services: tuple[str, ...] = ()
+    dependencies: tuple[str, ...] = ()
+    if top.get("control_plane") is not None:
+        control_plane = Address.parse(top["control_plane"], "control_plane")
+        if control_plane.port == 0:
+            raise ConfigError("control_plane", "needs a real port, not 0")
+        if "services" in top:
+            raise ConfigError(
+                "services",
+                "not allowed with control_plane: services and endpoints come from the control plane",
+            )
+        if tls is None:
+            raise ConfigError("tls", "required with control_plane (the sidecar's identity and mutual TLS)")
+        grpc_services = _grpc_services(top.get("grpc_services", []), "grpc_services")
+        deps = top.get("dependencies", [])
+        if not isinstance(deps, list):
+            raise ConfigError("dependencies", "expected a list of service names")
+        dependencies = tuple(_name(d, f"dependencies[{i}]") for i, d in enumerate(deps))
+    else:
+        for key in ("grpc_services", "dependencies"):
+            if key in top:
+                raise ConfigError(key, "only used with control_plane (static services list their own)")
     services_map = _mapping(top.get("services"), "services")
     services = {
         name: _service(_name(name, f"services.{name}"), spec, f"services.{name}")
@@ -229,6 +280,9 @@ def parse_config(raw: object, base_dir: Path = Path()) -> SidecarConfig:
         ),
         drain_seconds=_non_negative_number(top.get("drain_seconds", 10.0), "drain_seconds"),
         trust_domain=_name(top.get("trust_domain", "cluster.local"), "trust_domain"),
+        control_plane=control_plane,
+        grpc_services=grpc_services,
+        dependencies=dependencies,
     )
 
 
