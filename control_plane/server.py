@@ -1,0 +1,198 @@
+"""The control plane as one process: the store, the registry, discovery and the policy API.
+
+One gRPC server carries mesh.v1.DiscoveryService (sidecars' config streams), mesh.v1.PolicyService
+(bearer-token authenticated), grpc.health.v1 and server reflection (so ``grpcurl list`` works);
+one aiohttp server carries the REST API. Both run on the process's asyncio loop.
+
+Data dir: the store (``SqliteStore``) and the API signing key (created on first start).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import signal
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+from aiohttp import web
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from mesh.v1 import discovery_pb2, discovery_pb2_grpc
+
+from control_plane import grpc_api, rest
+from control_plane.auth import Clock, TokenVerifier, load_or_create_signing_key, utc_now
+from control_plane.discovery import DEFAULT_DEBOUNCE, DEFAULT_WARMUP, DiscoveryServicer
+from control_plane.policy_service import PolicyService
+from control_plane.sqlite_store import STORE_FILE, SqliteStore
+
+log = logging.getLogger(__name__)
+
+DEFAULT_GRPC_LISTEN = "127.0.0.1:15010"
+DEFAULT_HTTP_LISTEN = "127.0.0.1:15011"
+DISCOVERY_SERVICE: str = discovery_pb2.DESCRIPTOR.services_by_name["DiscoveryService"].full_name
+
+
+class StartError(Exception):
+    """The control plane could not start (a port in use, an unreadable data dir...)."""
+
+
+def split_listen(listen: str) -> tuple[str, int]:
+    """``host:port`` or ``[v6]:port`` → (host, port)."""
+    host, sep, port = listen.rpartition(":")
+    if not sep or not host or not port.isdigit() or int(port) > 65535:
+        raise StartError(f"expected host:port, got {listen!r}")
+    return host.removeprefix("[").removesuffix("]"), int(port)
+
+
+def join_listen(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+@dataclass(frozen=True, slots=True)
+class Addresses:
+    grpc: str
+    http: str
+
+
+class ControlPlane:
+    def __init__(
+        self,
+        data_dir: Path,
+        *,
+        grpc_listen: str = DEFAULT_GRPC_LISTEN,
+        http_listen: str = DEFAULT_HTTP_LISTEN,
+        debounce: float = DEFAULT_DEBOUNCE,
+        warmup: float = DEFAULT_WARMUP,
+        max_body_bytes: int = rest.MAX_BODY_BYTES,
+        clock: Clock = utc_now,
+    ) -> None:
+        self.data_dir = data_dir
+        self._grpc_listen = grpc_listen
+        self._http_listen = http_listen
+        self._debounce = debounce
+        self._warmup = warmup
+        self._max_body = max_body_bytes
+        self._clock = clock
+        self._cleanups: list[Callable[[], Any]] = []
+        self._grpc: Any = None
+        self._health: Any = None
+        self._runner: web.AppRunner | None = None
+        self.discovery: DiscoveryServicer | None = None
+
+    async def start(self) -> Addresses:
+        """Open the store, bind both servers and start serving. Raises StartError."""
+        try:
+            self.data_dir.mkdir(parents=True, exist_ok=True)
+            key = load_or_create_signing_key(self.data_dir)
+            store = SqliteStore(self.data_dir / STORE_FILE)
+        except Exception as exc:
+            raise StartError(f"cannot open data dir {self.data_dir}: {exc}") from exc
+        self._cleanups.append(store.close)
+        discovery = DiscoveryServicer(store, debounce=self._debounce, warmup=self._warmup)
+        self.discovery = discovery
+        service = PolicyService(
+            store, registry=discovery.registry, notify=discovery.notify_changed, clock=self._clock
+        )
+        verifier = TokenVerifier(key.public_key(), clock=self._clock)
+
+        server = grpc.aio.server(
+            interceptors=[grpc_api.AuthInterceptor(verifier)],
+            options=[
+                # Without SO_REUSEPORT a second control plane on a taken port fails instead of sharing it.
+                ("grpc.so_reuseport", 0),
+                ("grpc.max_receive_message_length", self._max_body),
+            ],
+        )
+        self._grpc = server
+        discovery_pb2_grpc.add_DiscoveryServiceServicer_to_server(discovery, server)
+        grpc_api.add_to_server(service, server)
+        self._health = health.aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
+        reflection.enable_server_reflection(
+            [grpc_api.SERVICE_NAME, DISCOVERY_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME], server
+        )
+        split_listen(self._grpc_listen)
+        try:
+            port = server.add_insecure_port(self._grpc_listen)
+        except RuntimeError as exc:
+            raise StartError(f"gRPC: cannot listen on {self._grpc_listen}: {exc}") from None
+        if port == 0:
+            raise StartError(f"gRPC: cannot listen on {self._grpc_listen}")
+        grpc_address = join_listen(split_listen(self._grpc_listen)[0], port)
+
+        self._runner = web.AppRunner(
+            rest.create_app(service, verifier, max_body_bytes=self._max_body), access_log=None
+        )
+        await self._runner.setup()
+        host, http_port = split_listen(self._http_listen)
+        try:
+            await web.TCPSite(self._runner, host, http_port, reuse_port=False).start()
+        except OSError as exc:
+            raise StartError(f"HTTP: cannot listen on {self._http_listen}: {exc.strerror}") from None
+        bound = self._runner.addresses[0]
+        http_address = join_listen(host, int(bound[1]))
+
+        await server.start()
+        discovery.start()
+        for name in ("", grpc_api.SERVICE_NAME, DISCOVERY_SERVICE):
+            await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        return Addresses(grpc_address, http_address)
+
+    async def stop(self, grace: float = 2.0) -> None:
+        """Stop serving (calls in flight get `grace` seconds), then close the store. Idempotent."""
+        if self._health is not None:
+            await self._health.enter_graceful_shutdown()
+            self._health = None
+        if self.discovery is not None:
+            await self.discovery.stop()
+            self.discovery = None
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+        if self._grpc is not None:
+            await self._grpc.stop(grace)
+            self._grpc = None
+        while self._cleanups:
+            self._cleanups.pop()()
+
+
+def write_ready_file(path: Path, data: dict[str, Any]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data))
+    os.replace(tmp, path)
+
+
+async def serve(control_plane: ControlPlane, *, ready_file: Path | None = None, grace: float = 2.0) -> int:
+    """Run until SIGTERM or SIGINT, then stop gracefully. Returns the exit code."""
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stopping.set)
+    try:
+        try:
+            addresses = await control_plane.start()
+        except StartError as exc:
+            log.error("%s", exc)
+            await control_plane.stop(0)
+            return 1
+        log.info(
+            "control plane: gRPC on %s, HTTP on %s, data dir %s",
+            addresses.grpc,
+            addresses.http,
+            control_plane.data_dir,
+        )
+        if ready_file is not None:
+            write_ready_file(ready_file, {"grpc": addresses.grpc, "http": addresses.http, "pid": os.getpid()})
+        await stopping.wait()
+        log.info("control plane: stopping")
+        await control_plane.stop(grace)
+        return 0
+    finally:
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(signum)

@@ -1,0 +1,76 @@
+"""``meshctl control-plane``: run the control plane (discovery, policy API over gRPC and REST).
+
+Exit codes: 0 stopped by SIGTERM or SIGINT, 1 could not start (port in use, bad data dir),
+2 bad arguments.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+from pathlib import Path
+from typing import Any
+
+from control_plane.discovery import DEFAULT_DEBOUNCE, DEFAULT_WARMUP
+from control_plane.server import DEFAULT_GRPC_LISTEN, DEFAULT_HTTP_LISTEN, ControlPlane, serve
+
+
+def _milliseconds(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of milliseconds") from None
+    if not 0 <= value <= 60_000:
+        raise argparse.ArgumentTypeError(f"must be 0..60000 ms, got {value}")
+    return value
+
+
+def register(sub: Any) -> None:
+    parser = sub.add_parser(
+        "control-plane",
+        help="run the control plane",
+        description="Run the control plane: sidecar discovery (config push) and the policy API over "
+        "gRPC (with reflection and health) and REST (with an OpenAPI document at /openapi.json).",
+    )
+    parser.add_argument(
+        "--data-dir", required=True, type=Path, help="the store and the API signing key live here"
+    )
+    parser.add_argument(
+        "--grpc-listen", default=DEFAULT_GRPC_LISTEN, help="gRPC address (default: %(default)s; port 0: any)"
+    )
+    parser.add_argument(
+        "--http-listen", default=DEFAULT_HTTP_LISTEN, help="REST address (default: %(default)s; port 0: any)"
+    )
+    parser.add_argument(
+        "--ready-file", type=Path, help='once serving, write {"grpc": ..., "http": ..., "pid": ...} here'
+    )
+    parser.add_argument(
+        "--debounce-ms",
+        type=_milliseconds,
+        default=round(DEFAULT_DEBOUNCE * 1000),
+        help="gather changes this long before pushing them to sidecars (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--warmup-ms",
+        type=_milliseconds,
+        default=round(DEFAULT_WARMUP * 1000),
+        help="after start, let sidecars reconnect this long before pushing (default: %(default)s)",
+    )
+    parser.add_argument("--log-level", default="INFO", help="logging level (default: %(default)s)")
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    control_plane = ControlPlane(
+        args.data_dir,
+        grpc_listen=args.grpc_listen,
+        http_listen=args.http_listen,
+        debounce=args.debounce_ms / 1000,
+        warmup=args.warmup_ms / 1000,
+    )
+    # The default asyncio loop: grpc.aio does not support uvloop.
+    return asyncio.run(serve(control_plane, ready_file=args.ready_file))
