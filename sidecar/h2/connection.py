@@ -28,7 +28,7 @@ class ConnectionError_(Exception):
         self.code = code
 
 
-_FLOOD_LIMIT = 1 << 20  # bytes of unread replies (PING/SETTINGS ACKs) tolerated while paused
+_FLOOD_LIMIT = 10_000  # replies (PING/SETTINGS ACKs) owed to a peer that is not reading
 
 RequestCallback = Callable[["Stream", HeaderList, bool], None]
 
@@ -67,6 +67,7 @@ class H2Connection(asyncio.Protocol):
         self._out: list[bytes] = []
         self._flush_scheduled = False
         self._write_paused = False
+        self._replies_while_paused = 0
         self._blocked: dict[Stream, None] = {}  # streams with data waiting for window or buffer
         # Peer's settings.
         self.peer_initial_window = F.DEFAULT_WINDOW
@@ -129,6 +130,7 @@ class H2Connection(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self._write_paused = False
+        self._replies_while_paused = 0
         self._unblock()
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -434,10 +436,12 @@ class H2Connection(asyncio.Protocol):
             self._write(F.frame(F.PING, F.FLAG_ACK, 0, payload))
 
     def _check_flood(self) -> None:
-        """A peer that keeps asking for replies while it does not read them is cut off."""
-        transport = self.transport
-        if self._write_paused and transport is not None and transport.get_write_buffer_size() > _FLOOD_LIMIT:
-            raise ConnectionError_(F.ENHANCE_YOUR_CALM, "control frames flood while not reading")
+        """A peer that keeps asking for replies while it does not read them is cut off. Only the
+        replies count: relayed DATA in the buffer is bounded by flow control already."""
+        if self._write_paused:
+            self._replies_while_paused += 1
+            if self._replies_while_paused > _FLOOD_LIMIT:
+                raise ConnectionError_(F.ENHANCE_YOUR_CALM, "control frames flood while not reading")
 
     def _on_goaway(self, sid: int, payload: bytes) -> None:
         if sid != 0:
