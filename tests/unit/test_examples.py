@@ -13,10 +13,10 @@ from control_plane.spiffe import SpiffeId
 from sidecar.config import load_config
 
 ROOT = Path(__file__).resolve().parents[2]
-EXAMPLES = sorted((ROOT / "examples" / "static").glob("*.yaml"))
+EXAMPLES = sorted((ROOT / "examples").glob("*/*-sidecar.yaml"))
 
 
-@pytest.mark.parametrize("example", EXAMPLES, ids=[p.name for p in EXAMPLES])
+@pytest.mark.parametrize("example", EXAMPLES, ids=[f"{p.parent.name}/{p.name}" for p in EXAMPLES])
 def test_example_config_is_valid_with_certs_from_meshctl_certs(example: Path, tmp_path: Path) -> None:
     # The layout `meshctl certs init/issue` makes at the repository root: certs/ beside examples/.
     ca = CertificateAuthority.create("cluster.local", now=datetime(2026, 1, 1, tzinfo=UTC))
@@ -27,7 +27,7 @@ def test_example_config_is_valid_with_certs_from_meshctl_certs(example: Path, tm
             tmp_path / "certs",
             now=datetime(2026, 1, 1, tzinfo=UTC),
         )
-    copy = tmp_path / "examples" / "static" / example.name
+    copy = tmp_path / "examples" / example.parent.name / example.name
     copy.parent.mkdir(parents=True)
     shutil.copy(example, copy)
 
@@ -38,4 +38,6 @@ def test_example_config_is_valid_with_certs_from_meshctl_certs(example: Path, tm
 
 
 def test_examples_exist() -> None:
-    assert {p.name for p in EXAMPLES} == {"users-sidecar.yaml", "client-sidecar.yaml"}
+    assert {f"{p.parent.name}/{p.name}" for p in EXAMPLES} == {
+        f"{mode}/{name}-sidecar.yaml" for mode in ("static", "control-plane") for name in ("users", "client")
+    }
