@@ -48,3 +48,9 @@ demo: venv
 .PHONY: bench
 bench: venv tools
 	$(PY) -m bench.run
+
+# Apply → all-ACK latency of the control plane with 100 simulated sidecars (bench/README.md).
+# Writes bench/results/control_plane.md. Not part of `make test`.
+.PHONY: bench-control-plane
+bench-control-plane: venv
+	$(PY) -m bench.control_plane
