@@ -34,7 +34,7 @@ from mesh.v1 import discovery_pb2, discovery_pb2_grpc
 
 from control_plane.registry import Clock, InvalidHello, Registration, Registry, SidecarRecord
 from control_plane.resources import Store
-from control_plane.snapshots import SnapshotBuilder, content_hash
+from control_plane.snapshots import SnapshotBuilder, version_hash
 
 log = logging.getLogger(__name__)
 
@@ -269,7 +269,7 @@ class DiscoveryServicer(discovery_pb2_grpc.DiscoveryServiceServicer):  # type: i
             session.close()
 
     def _queue(self, session: _Session, record: SidecarRecord, snapshot: discovery_pb2.Snapshot) -> None:
-        session.sent_hash = content_hash(snapshot)
+        session.sent_hash = version_hash(snapshot.version)
         self.registry.sent(record.node_id, snapshot.version, snapshot.store_revision)
         session.outbox.put_nowait(snapshot)
 
@@ -306,7 +306,7 @@ class DiscoveryServicer(discovery_pb2_grpc.DiscoveryServiceServicer):  # type: i
             if record is None or record.session != session.session or not record.connected:
                 continue
             snapshot = self.builder.build(record, self.registry, self.store)
-            if content_hash(snapshot) == session.sent_hash:
+            if version_hash(snapshot.version) == session.sent_hash:
                 self.registry.still_current(node_id, snapshot.store_revision)
                 continue
             self._queue(session, record, snapshot)
