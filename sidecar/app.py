@@ -109,10 +109,22 @@ class Sidecar:
     def apply(self, discovered: Discovered) -> None:
         """Swap in a pushed snapshot (already validated): new chains over the new services.
         Calls in flight keep the handler they started with."""
+        current = self.snapshot
+        if current.version and discovered.services == current.config.services and (
+            discovered.policies == current.policies
+        ):
+            # Same content at a newer revision (or a reconnect): keep the chains, so round robin
+            # and other per-chain state carry on.
+            self.snapshot = dataclasses.replace(
+                current, version=discovered.version, store_revision=discovered.store_revision
+            )
+            return
         config = dataclasses.replace(self.config, services=discovered.services)
         self.snapshot = self._build_snapshot(
             discovered.version, config, discovered.policies, discovered.store_revision
         )
+        keep = {ep.address for entry in discovered.services.values() for ep in entry.endpoints}
+        self.pools.retire_secure(keep)
 
     def _outbound(self) -> Handler:
         handler = self.snapshot.outbound

@@ -147,12 +147,13 @@ class UpstreamPool:
 
 
 class Pools:
-    """One pool per upstream address, created on first use and kept for the process."""
+    """One pool per upstream address, created on first use, retired when no snapshot names it."""
 
     def __init__(self, limits: Limits, client_ssl: ssl.SSLContext | None) -> None:
         self.limits = limits
         self.client_ssl = client_ssl
         self._pools: dict[tuple[Address, bool], UpstreamPool] = {}
+        self._closing: set[asyncio.Task[None]] = set()
 
     def get(self, address: Address, *, secure: bool) -> UpstreamPool:
         key = (address, secure)
@@ -164,8 +165,19 @@ class Pools:
             self._pools[key] = pool
         return pool
 
+    def retire_secure(self, keep: set[Address]) -> None:
+        """Close the pools of remote endpoints not in `keep`. Their calls in flight finish: a
+        closing pool drains its connections (GOAWAY), it does not cut them."""
+        for key in [k for k in self._pools if k[1] and k[0] not in keep]:
+            pool = self._pools.pop(key)
+            task = asyncio.get_running_loop().create_task(pool.close())
+            self._closing.add(task)
+            task.add_done_callback(self._closing.discard)
+
     def all(self) -> list[UpstreamPool]:
         return list(self._pools.values())
 
     async def close(self) -> None:
-        await asyncio.gather(*(pool.close() for pool in self._pools.values()), return_exceptions=True)
+        await asyncio.gather(
+            *(pool.close() for pool in self._pools.values()), *self._closing, return_exceptions=True
+        )

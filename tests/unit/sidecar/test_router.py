@@ -133,3 +133,45 @@ def test_path_without_a_service_is_no_route() -> None:
 def test_no_services_means_no_route() -> None:
     with pytest.raises(NoRoute):
         Router(Recorder(), {})(head("users", "/demo.v1.Users/GetUser"))
+
+
+SHARED = {
+    **SERVICES,
+    "billing": ServiceEntry("billing", ("demo.v1.Billing", "grpc.health.v1.Health"), ()),
+    "ledger": ServiceEntry("ledger", ("grpc.health.v1.Health",), ()),
+}
+
+
+def test_a_grpc_service_served_by_several_services_is_not_routed_by_path() -> None:
+    router = Router(Recorder(), SHARED)
+    with pytest.raises(NoRoute) as caught:
+        router(head("127.0.0.1:15001", "/grpc.health.v1.Health/Check"))
+    assert "served by several services (billing, ledger)" in caught.value.message
+    assert "name the service in :authority" in caught.value.message
+
+
+def test_a_shared_grpc_service_is_routed_by_authority() -> None:
+    call = head("ledger", "/grpc.health.v1.Health/Check")
+    Router(Recorder(), SHARED)(call)
+    assert call.service == "ledger"
+
+
+def test_an_unshared_grpc_service_of_the_same_service_still_routes_by_path() -> None:
+    call = head("127.0.0.1:15001", "/demo.v1.Billing/Charge")
+    Router(Recorder(), SHARED)(call)
+    assert call.service == "billing"
+
+
+def test_the_same_authority_resolves_the_same_way_every_call() -> None:
+    router = Router(Recorder(), SERVICES)
+    for path, expected in [("/demo.v1.Users/GetUser", "users"), ("/demo.v1.Orders/Get", "orders")] * 3:
+        call = head("127.0.0.1:15001", path)  # an address: the path decides, call by call
+        router(call)
+        assert call.service == expected
+    for _ in range(3):
+        call = head("orders.shop:80", "/demo.v1.Users/GetUser")  # a name: the authority decides
+        router(call)
+        assert call.service == "orders"
+    for _ in range(2):
+        with pytest.raises(NoRoute, match="no route to service 'nope'"):
+            router(head("nope"))
