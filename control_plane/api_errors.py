@@ -1,7 +1,8 @@
 """The policy API's errors: what went wrong, independent of the protocol that reports it.
 
 The policy service and the authentication layer raise these; `control_plane.grpc_errors` turns
-them into gRPC statuses and `control_plane.rest_errors` into HTTP responses, each in one table.
+them into gRPC statuses (the status each ``code`` names) and `control_plane.rest_errors` into HTTP
+responses (one table).
 Every error has the same JSON form on both APIs (REST's response body, gRPC's ``mesh-error``
 trailer)::
 
@@ -88,7 +89,14 @@ class MethodNotAllowed(ApiError):
     code = "UNIMPLEMENTED"
 
 
+INTERNAL_MESSAGE = "internal error (see the control plane's log)"
+
+
 class Internal(ApiError):
-    """A failure that is not the caller's fault (the store could not be read or written)."""
+    """A failure that is not the caller's fault (the store could not be read or written, a bug).
+    The message says no more than what went wrong in general: the detail goes to the log."""
 
     code = "INTERNAL"
+
+    def __init__(self, message: str = INTERNAL_MESSAGE) -> None:
+        super().__init__(message)

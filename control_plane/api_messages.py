@@ -3,7 +3,7 @@ so both return the same shapes (REST sends these messages in the protobuf JSON m
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -21,9 +21,19 @@ def struct(spec: Spec) -> Any:
 
 
 def struct_to_dict(message: Any) -> dict[str, Any]:
-    """A Struct as plain JSON values (numbers are floats: Struct has no integers)."""
-    result: dict[str, Any] = json_format.MessageToDict(message)
+    """A Struct as plain JSON values, whole numbers as ints.
+
+    Struct has one number type, double, so ``weight: 50`` arrives as 50.0; made an int here, the
+    gRPC API stores the same spec as the REST API (whose JSON parser does the same) for the same
+    document. A Struct is a tree (it cannot alias as YAML can), so this is linear in its size.
+    """
+    result: dict[str, Any] = _whole_numbers(json_format.MessageToDict(message))
     return result
+
+
+def documents(structs: Sequence[Any]) -> list[dict[str, Any]]:
+    """An ApplyRequest's documents as plain JSON values (see :func:`struct_to_dict`)."""
+    return [struct_to_dict(struct) for struct in structs]
 
 
 def timestamp(value: datetime) -> Any:
@@ -139,11 +149,16 @@ def to_json(message: Any) -> dict[str, Any]:
     return result
 
 
+def whole_number(value: float) -> int | float:
+    """A float that is a whole number (and exactly representable) as an int; any other as it is."""
+    return int(value) if value.is_integer() and abs(value) < 2**53 else value
+
+
 def _whole_numbers(value: Any) -> Any:
     if isinstance(value, dict):
         return {k: _whole_numbers(v) for k, v in value.items()}
     if isinstance(value, list):
         return [_whole_numbers(v) for v in value]
-    if isinstance(value, float) and value.is_integer() and abs(value) < 2**53:
-        return int(value)
+    if isinstance(value, float):
+        return whole_number(value)
     return value

@@ -6,18 +6,24 @@ them with its public half. A token carries::
 
     iss "grpc-mesh"   aud "grpc-mesh-api"   sub  who it was issued to
     role "read" | "admin"                   iat, exp  (seconds since the epoch)
+                                            nbf  (optional: not valid before)
+
+A token lives at most MAX_TTL (30 days), from iat to exp: nothing revokes a token short of
+replacing the signing key, so none is minted or accepted for longer.
 
 ``read`` may get, list, see history and list sidecars; ``admin`` may do everything. A missing or
 bad token is :class:`Unauthenticated` (401 / UNAUTHENTICATED); a good token whose role does not
 cover the operation is :class:`PermissionDenied` (403 / PERMISSION_DENIED).
 
 pyjwt checks the signature (ES256 only), issuer, audience and that the claims are present; the
-times are checked here against an injected clock, with a small leeway for clock skew.
+times (exp, iat, nbf when present, and the lifetime) are checked here against an injected clock,
+with a small leeway for clock skew.
 """
 
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import stat
 import tempfile
@@ -41,6 +47,7 @@ AUDIENCE = "grpc-mesh-api"
 ALGORITHM = "ES256"
 LEEWAY = timedelta(seconds=10)
 DEFAULT_TTL = timedelta(hours=1)
+MAX_TTL = timedelta(days=30)
 
 Clock = Callable[[], datetime]
 
@@ -155,6 +162,8 @@ def mint_token(
         raise ValueError("a token needs a subject")
     if ttl <= timedelta(0):
         raise ValueError(f"a token's ttl must be positive, got {ttl}")
+    if ttl > MAX_TTL:
+        raise ValueError(f"a token's ttl must be at most {MAX_TTL.days} days, got {ttl}")
     issued = int(now.timestamp())
     claims = {
         "iss": ISSUER,
@@ -212,14 +221,19 @@ class TokenVerifier:
         except jwt.InvalidTokenError as exc:
             raise Unauthenticated(f"bearer token: {exc}") from None
         now = self._clock().timestamp()
-        exp, iat = claims["exp"], claims["iat"]
-        if not _is_number(exp) or not _is_number(iat):
-            raise Unauthenticated("bearer token: exp and iat must be numbers")
+        exp, iat, nbf = claims["exp"], claims["iat"], claims.get("nbf", claims["iat"])
+        if not _is_number(exp) or not _is_number(iat) or not _is_number(nbf):
+            raise Unauthenticated("bearer token: exp, iat and nbf must be numbers")
         if now > exp + self._leeway:
-            expired = datetime.fromtimestamp(exp, UTC).isoformat()
-            raise Unauthenticated(f"bearer token: expired at {expired}")
+            raise Unauthenticated(f"bearer token: expired at {_time(exp)}")
         if iat > now + self._leeway:
             raise Unauthenticated("bearer token: issued in the future (iat)")
+        if nbf > now + self._leeway:
+            raise Unauthenticated(f"bearer token: not valid before {_time(nbf)} (nbf)")
+        if exp - iat > MAX_TTL.total_seconds():
+            raise Unauthenticated(
+                f"bearer token: valid for longer than {MAX_TTL.days} days (exp - iat); mint a shorter one"
+            )
         subject, role = claims["sub"], claims.get("role")
         if not isinstance(subject, str) or not subject:
             raise Unauthenticated("bearer token: sub must be a non-empty string")
@@ -229,4 +243,11 @@ class TokenVerifier:
 
 
 def _is_number(value: object) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _time(timestamp: float) -> str:
+    try:
+        return datetime.fromtimestamp(timestamp, UTC).isoformat()
+    except (OverflowError, OSError, ValueError):  # beyond the years datetime can show
+        return f"{timestamp:g} seconds since the epoch"

@@ -1,13 +1,16 @@
 """The policy API over gRPC (mesh.v1.PolicyService): a thin adapter over PolicyService.
 
 Requests are turned into the service's arguments, results into messages (`api_messages`), and
-API errors into statuses (`grpc_errors`). :class:`AuthInterceptor` checks the bearer token of
-every PolicyService call; other services on the same server (discovery, health, reflection) are
-left alone.
+API errors into statuses (`grpc_errors`); any other exception is logged and answered INTERNAL with
+a generic message, as the REST API answers 500. :class:`AuthInterceptor` checks the bearer token
+of every PolicyService call; other services on the same server (discovery, health, reflection)
+are left alone.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -15,11 +18,13 @@ import grpc
 from mesh.v1 import policy_pb2, policy_pb2_grpc
 
 from control_plane import api_messages
-from control_plane.api_errors import ApiError, InvalidArgument
+from control_plane.api_errors import ApiError, Internal, InvalidArgument
 from control_plane.auth import Operation, TokenVerifier, authorize
 from control_plane.grpc_errors import abort
 from control_plane.policy_service import PolicyService
 from control_plane.resources import ResourceKey
+
+log = logging.getLogger(__name__)
 
 SERVICE_NAME: str = policy_pb2.DESCRIPTOR.services_by_name["PolicyService"].full_name
 
@@ -39,28 +44,40 @@ def _key(request: Any) -> ResourceKey:
     return ResourceKey(request.kind, request.namespace, request.name)
 
 
+def _expected_version(request: Any) -> int | None:
+    """A request's ``resource_version`` precondition: 0 (unset) is none."""
+    if request.resource_version < 0:
+        raise InvalidArgument("resource_version must not be negative", field="resource_version")
+    return int(request.resource_version) or None
+
+
 class PolicyServicer(policy_pb2_grpc.PolicyServiceServicer):  # type: ignore[misc]
     def __init__(self, service: PolicyService) -> None:
         self._service = service
 
-    async def _call(self, context: Any, work: Awaitable[Any]) -> Any:
+    async def _call(self, method: str, context: Any, work: Awaitable[Any]) -> Any:
         try:
             return await work
         except ApiError as error:
             await abort(context, error)
+        except Exception:
+            # Not UNKNOWN with the exception's text, as grpc.aio would answer: that is internals.
+            log.exception("%s/%s failed", SERVICE_NAME, method)
+            await abort(context, Internal())
 
     async def Apply(self, request: Any, context: Any) -> Any:
         async def work() -> Any:
-            documents = [api_messages.struct_to_dict(doc) for doc in request.documents]
+            # A big request takes a moment to convert: not on the event loop.
+            documents = await asyncio.to_thread(api_messages.documents, request.documents)
             return api_messages.apply_response(await self._service.apply(documents, dry_run=request.dry_run))
 
-        return await self._call(context, work())
+        return await self._call("Apply", context, work())
 
     async def GetResource(self, request: Any, context: Any) -> Any:
         async def work() -> Any:
             return api_messages.get_response(await self._service.get(_key(request)))
 
-        return await self._call(context, work())
+        return await self._call("GetResource", context, work())
 
     async def ListResources(self, request: Any, context: Any) -> Any:
         async def work() -> Any:
@@ -68,24 +85,22 @@ class PolicyServicer(policy_pb2_grpc.PolicyServiceServicer):  # type: ignore[mis
                 await self._service.list_resources(request.kind, request.namespace)
             )
 
-        return await self._call(context, work())
+        return await self._call("ListResources", context, work())
 
     async def DeleteResource(self, request: Any, context: Any) -> Any:
         async def work() -> Any:
-            if request.resource_version < 0:
-                raise InvalidArgument("resource_version must not be negative", field="resource_version")
             result = await self._service.delete(
-                _key(request), resource_version=request.resource_version or None, dry_run=request.dry_run
+                _key(request), resource_version=_expected_version(request), dry_run=request.dry_run
             )
             return api_messages.delete_response(result)
 
-        return await self._call(context, work())
+        return await self._call("DeleteResource", context, work())
 
     async def ListRevisions(self, request: Any, context: Any) -> Any:
         async def work() -> Any:
             return api_messages.revisions_response(await self._service.history(_key(request)))
 
-        return await self._call(context, work())
+        return await self._call("ListRevisions", context, work())
 
     async def Rollback(self, request: Any, context: Any) -> Any:
         async def work() -> Any:
@@ -96,17 +111,20 @@ class PolicyServicer(policy_pb2_grpc.PolicyServiceServicer):  # type: ignore[mis
                     reason="required",
                 )
             result = await self._service.rollback(
-                _key(request), request.to_resource_version, dry_run=request.dry_run
+                _key(request),
+                request.to_resource_version,
+                resource_version=_expected_version(request),
+                dry_run=request.dry_run,
             )
             return api_messages.rollback_response(result)
 
-        return await self._call(context, work())
+        return await self._call("Rollback", context, work())
 
     async def ListSidecars(self, request: Any, context: Any) -> Any:
         async def work() -> Any:
             return api_messages.sidecars_response(await self._service.sidecars())
 
-        return await self._call(context, work())
+        return await self._call("ListSidecars", context, work())
 
 
 def add_to_server(service: PolicyService, server: Any) -> None:

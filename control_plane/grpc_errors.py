@@ -1,4 +1,4 @@
-"""API errors as gRPC statuses: the one place the gRPC API decides a status code.
+"""API errors as gRPC statuses: each error's ``code`` names its status.
 
 The status carries the error's message; the ``mesh-error`` trailer carries the same JSON object as
 the REST API's ``error`` body (code, message, and document / field / reason when known), so a
@@ -12,38 +12,14 @@ from typing import Any, NoReturn
 
 import grpc
 
-from control_plane.api_errors import (
-    ApiError,
-    ConflictError,
-    Internal,
-    InvalidArgument,
-    MethodNotAllowed,
-    NotFoundError,
-    PayloadTooLarge,
-    PermissionDenied,
-    Unauthenticated,
-)
+from control_plane.api_errors import ApiError
 
 ERROR_TRAILER = "mesh-error"
 
-# Most specific first: the first entry the error is an instance of decides.
-STATUS_CODES: tuple[tuple[type[ApiError], grpc.StatusCode], ...] = (
-    (InvalidArgument, grpc.StatusCode.INVALID_ARGUMENT),
-    (NotFoundError, grpc.StatusCode.NOT_FOUND),
-    (ConflictError, grpc.StatusCode.ABORTED),
-    (Unauthenticated, grpc.StatusCode.UNAUTHENTICATED),
-    (PermissionDenied, grpc.StatusCode.PERMISSION_DENIED),
-    (PayloadTooLarge, grpc.StatusCode.RESOURCE_EXHAUSTED),
-    (MethodNotAllowed, grpc.StatusCode.UNIMPLEMENTED),
-    (Internal, grpc.StatusCode.INTERNAL),
-)
-
 
 def status_code(error: ApiError) -> grpc.StatusCode:
-    for error_type, code in STATUS_CODES:
-        if isinstance(error, error_type):
-            return code
-    return grpc.StatusCode.UNKNOWN
+    """The status named by the error's code (every ApiError's code is a gRPC status name)."""
+    return grpc.StatusCode[error.code]
 
 
 def trailer(error: ApiError) -> tuple[tuple[str, str], ...]:

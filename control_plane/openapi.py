@@ -181,6 +181,11 @@ SCHEMAS: dict[str, Any] = {
                 **_INT64_INPUT,
                 "description": "The revision whose spec becomes current again.",
             },
+            "resourceVersion": {
+                **_INT64_INPUT,
+                "description": "Roll back only if the resource is still at this version (so the rollback "
+                "cannot undo a change made since it was read); otherwise 409.",
+            },
             "dryRun": {"type": "boolean", "default": False},
         },
     },
@@ -244,7 +249,8 @@ PATHS: dict[str, Any] = {
                     "application/yaml": {
                         "schema": {
                             "type": "string",
-                            "description": "One or more YAML documents, '---' between.",
+                            "description": "One or more YAML documents, '---' between (a document "
+                            "that is a list is read as its items: a JSON array of documents).",
                         }
                     },
                 },

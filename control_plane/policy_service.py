@@ -7,14 +7,20 @@ against the current state under a write lock, apply them to the store in one ato
 change is pushed. A dry run does everything but the write and the push, and returns the same
 results: the action and a unified diff of the spec as YAML.
 
-Store calls block (SQLite with a synced commit), so every one runs in a worker thread; the
-notification runs back on the event loop. Errors are :mod:`control_plane.api_errors`.
+Validation and store calls take time (a batch of large documents; SQLite with a synced commit),
+so they run in a worker thread, never on the event loop: an apply reads, validates, plans and
+writes there in one call. The notification runs back on the event loop. Documents arrive as
+plain JSON values, as parsed: validation's size limits come first, so a document whose YAML
+aliases expand it enormously is refused before anything walks it in full. Errors are
+:mod:`control_plane.api_errors`; a store failure is logged and answered with a generic INTERNAL
+(its text names the store's file).
 """
 
 from __future__ import annotations
 
 import asyncio
 import difflib
+import logging
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -26,7 +32,7 @@ import yaml
 
 from control_plane.api_errors import ConflictError, Internal, InvalidArgument, NotFoundError
 from control_plane.auth import Clock, utc_now
-from control_plane.policy import API_VERSIONS, MAX_DEPTH, ValidationError, validate, validate_all
+from control_plane.policy import API_VERSIONS, ValidationError, parse_yaml, validate, validate_all
 from control_plane.resources import (
     KINDS,
     Change,
@@ -38,7 +44,10 @@ from control_plane.resources import (
     Spec,
     Store,
     StoreError,
+    canonical_json,
 )
+
+log = logging.getLogger(__name__)
 
 DEFAULT_NAMESPACE = "default"
 
@@ -111,18 +120,35 @@ class PolicyService:
         self, documents: Sequence[Mapping[str, Any]], *, dry_run: bool = False
     ) -> list[ApplyResult]:
         """Validate and store whole documents atomically: all of them or none."""
+        results = await _in_thread(self._apply, documents, dry_run)
+        self._after_write(results, dry_run)
+        return results
+
+    async def apply_yaml(self, text: str, *, dry_run: bool = False) -> list[ApplyResult]:
+        """:meth:`apply` to the documents of a YAML stream (`control_plane.policy.parse_yaml`),
+        parsed in the worker thread too."""
+        results = await _in_thread(self._apply_yaml, text, dry_run)
+        self._after_write(results, dry_run)
+        return results
+
+    def _apply_yaml(self, text: str, dry_run: bool) -> list[ApplyResult]:
+        try:
+            documents = parse_yaml(text)
+        except ValidationError as exc:
+            raise invalid_argument(exc) from None
+        return self._apply(documents, dry_run)
+
+    def _apply(self, documents: Sequence[Mapping[str, Any]], dry_run: bool) -> list[ApplyResult]:
         if not documents:
             raise InvalidArgument("no documents to apply")
         try:
-            validated = validate_all([_plain(document) for document in documents])
+            validated = validate_all(documents)
         except ValidationError as exc:
             raise invalid_argument(exc) from None
         planned = [
             _Planned(doc.key, None if doc.delete else doc.spec, doc.expected_version) for doc in validated
         ]
-        results = await _in_thread(self._write, planned, dry_run)
-        self._after_write(results, dry_run)
-        return results
+        return self._write(planned, dry_run)
 
     async def delete(
         self, key: ResourceKey, *, resource_version: int | None = None, dry_run: bool = False
@@ -133,10 +159,18 @@ class PolicyService:
         self._after_write([result], dry_run)
         return result
 
-    async def rollback(self, key: ResourceKey, to_version: int, *, dry_run: bool = False) -> ApplyResult:
-        """Make revision ``to_version``'s spec current again, as a new revision (a deletion deletes)."""
+    async def rollback(
+        self,
+        key: ResourceKey,
+        to_version: int,
+        *,
+        resource_version: int | None = None,
+        dry_run: bool = False,
+    ) -> ApplyResult:
+        """Make revision ``to_version``'s spec current again, as a new revision (a deletion deletes);
+        with ``resource_version``, only if the resource is still at that version."""
         key = check_key(key)
-        result = await _in_thread(self._rollback, key, to_version, dry_run)
+        result = await _in_thread(self._rollback, key, to_version, resource_version, dry_run)
         self._after_write([result], dry_run)
         return result
 
@@ -144,7 +178,9 @@ class PolicyService:
         if not dry_run and any(result.action is not Action.UNCHANGED for result in results):
             self._notify()
 
-    def _rollback(self, key: ResourceKey, to_version: int, dry_run: bool) -> ApplyResult:
+    def _rollback(
+        self, key: ResourceKey, to_version: int, expected_version: int | None, dry_run: bool
+    ) -> ApplyResult:
         with self._write_lock:
             history = _store_call(self._store.history, key)
             if not history:
@@ -156,10 +192,12 @@ class PolicyService:
             if target.spec is not None:
                 _revalidate(key, target)
             current = _store_call(self._store.get, key)
+            version = 0 if current is None else current.resource_version
+            if expected_version is not None and expected_version != version:
+                raise ConflictError(str(Conflict(key, expected_version, version)))
             if target.spec is None and current is None:
                 # Rolling back to a deletion of something already deleted: nothing to do.
                 return ApplyResult(key, Action.UNCHANGED, "", None, history[-1].resource_version, None)
-            version = 0 if current is None else current.resource_version
             (result,) = self._write_locked([_Planned(key, target.spec, version)], dry_run)
             return result
 
@@ -181,7 +219,7 @@ class PolicyService:
         except NotFound as exc:
             raise NotFoundError(str(exc)) from None
         except StoreError as exc:
-            raise Internal(f"the store could not apply the change: {exc}") from None
+            raise _internal("the store could not apply the change", exc) from None
         results = []
         for item, resource in zip(planned, stored, strict=True):
             old = before[item.key]
@@ -255,19 +293,25 @@ async def _in_thread(function: Callable[P, T], *args: P.args, **kwargs: P.kwargs
     return await asyncio.to_thread(function, *args, **kwargs)
 
 
+def _internal(what: str, error: StoreError) -> Internal:
+    """A store failure: logged in full, answered without the detail (it names the store's file)."""
+    log.error("%s: %s", what, error)
+    return Internal(f"{what} (see the control plane's log)")
+
+
 def _store_call(function: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
     """A store read; a store failure is the server's problem (INTERNAL), not the caller's."""
     try:
         return function(*args, **kwargs)
     except StoreError as exc:
-        raise Internal(f"the store failed: {exc}") from None
+        raise _internal("the store failed", exc) from None
 
 
 async def _read(function: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
-    try:
-        return await asyncio.to_thread(function, *args, **kwargs)
-    except StoreError as exc:
-        raise Internal(f"the store failed: {exc}") from None
+    def call() -> T:
+        return _store_call(function, *args, **kwargs)
+
+    return await asyncio.to_thread(call)
 
 
 def invalid_argument(error: ValidationError) -> InvalidArgument:
@@ -290,24 +334,6 @@ def check_key(key: ResourceKey) -> ResourceKey:
     if not key.namespace:
         return ResourceKey(key.kind, DEFAULT_NAMESPACE, key.name)
     return key
-
-
-def _plain(value: Any, depth: int = 0) -> Any:
-    """JSON values as plain dicts and lists, with whole-number floats made ints.
-
-    JSON (and protobuf's Struct, which gRPC documents arrive in) has one number type, so
-    ``weight: 50`` may arrive as 50.0; normalising here makes both APIs store the same spec.
-    Below the validator's depth limit values are left as they are, for it to refuse.
-    """
-    if depth > MAX_DEPTH:
-        return value
-    if isinstance(value, Mapping):
-        return {str(k): _plain(v, depth + 1) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_plain(v, depth + 1) for v in value]
-    if isinstance(value, float) and value.is_integer() and abs(value) < 2**53:
-        return int(value)
-    return value
 
 
 def _revalidate(key: ResourceKey, revision: Revision) -> None:
@@ -345,7 +371,7 @@ def _dry_result(item: _Planned, current: Resource | None) -> ApplyResult:
         action = Action.DELETED
     elif current is None:
         action = Action.CREATED
-    elif _plain(current.spec) == _plain(item.spec):
+    elif canonical_json(current.spec) == canonical_json(item.spec):  # as the store decides
         return ApplyResult(item.key, Action.UNCHANGED, "", current.spec, old_version, current.update_time)
     else:
         action = Action.UPDATED
@@ -355,7 +381,7 @@ def _dry_result(item: _Planned, current: Resource | None) -> ApplyResult:
 
 
 def spec_yaml(spec: Spec) -> str:
-    return yaml.safe_dump(_plain(spec), sort_keys=True, default_flow_style=False, allow_unicode=True)
+    return yaml.safe_dump(dict(spec), sort_keys=True, default_flow_style=False, allow_unicode=True)
 
 
 def spec_diff(key: ResourceKey, old: Spec | None, new: Spec | None, old_version: int) -> str:

@@ -8,6 +8,7 @@ Deleting keeps the history: the last revision is a tombstone.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -22,6 +23,13 @@ KINDS = (
 )
 
 Spec = Mapping[str, Any]  # JSON-compatible: dicts, lists, str, int, float, bool, None
+
+
+def canonical_json(spec: Spec) -> str:
+    """The one text form of a spec: equal specs give equal strings. Stores keep specs in this form
+    and decide "unchanged" by it, and so does a dry run (where Python's ``True == 1 == 1.0`` would
+    not agree)."""
+    return json.dumps(spec, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
 
 
 @dataclass(frozen=True, slots=True, order=True)

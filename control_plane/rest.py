@@ -6,11 +6,13 @@ REST and gRPC APIs answer with the same shapes; errors are ``{"error": {...}}``
 its operation; ``/healthz`` and ``/openapi.json`` (the document in `control_plane.openapi`) do not.
 
 ``POST /api/v1/apply`` takes ``{"documents": [...], "dryRun": bool}`` as ``application/json``, or
-a multi-document YAML stream as ``application/yaml`` (with ``?dryRun=true`` for a dry run).
+a multi-document YAML stream as ``application/yaml`` (with ``?dryRun=true`` for a dry run). Bodies
+are parsed in a worker thread (a 4 MiB body takes a moment), as the service validates.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from collections.abc import Awaitable, Callable, Mapping
@@ -29,10 +31,10 @@ from control_plane.api_errors import (
     PayloadTooLarge,
     UnsupportedMediaType,
 )
+from control_plane.api_messages import whole_number
 from control_plane.auth import Operation, TokenVerifier, authorize
 from control_plane.openapi import DOCUMENT
-from control_plane.policy import ValidationError, parse_yaml
-from control_plane.policy_service import PolicyService, invalid_argument
+from control_plane.policy_service import PolicyService
 from control_plane.resources import ResourceKey
 from control_plane.rest_errors import error_response
 
@@ -145,13 +147,19 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
+def _number(text: str) -> int | float:
+    """A JSON number with a fraction or exponent: JSON has one number type (and these documents
+    are protobuf Structs, all doubles), so ``50.0`` is 50, as the gRPC API takes it."""
+    return whole_number(float(text))
+
+
 def _parse_json(body: bytes) -> dict[str, Any]:
     try:
         text = body.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise InvalidArgument(f"malformed JSON: the body is not UTF-8 (byte {exc.start})") from None
     try:
-        value = json.loads(text, parse_constant=_reject_constant)
+        value = json.loads(text, parse_constant=_reject_constant, parse_float=_number)
     except json.JSONDecodeError as exc:
         raise InvalidArgument(
             f"malformed JSON: {exc.msg} at line {exc.lineno} column {exc.colno}", reason="malformed JSON"
@@ -193,7 +201,7 @@ class RestApi:
             raise
         except Exception:
             log.exception("%s %s failed", request.method, request.path)
-            return error_response(Internal("internal error (see the control plane's log)"))
+            return error_response(Internal())
 
     @web.middleware
     async def authenticate(self, request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -224,24 +232,23 @@ class RestApi:
         except web.HTTPRequestEntityTooLarge:
             raise self._too_large() from None
 
+    async def _json_body(self, request: web.Request) -> dict[str, Any]:
+        return await asyncio.to_thread(_parse_json, await self._body(request, JSON_TYPES))
+
     # -- handlers -------------------------------------------------------------------------------
 
     async def apply(self, request: web.Request) -> web.Response:
         query = _query(request, frozenset({"dryRun"}))
         dry_run = _query_bool(query, "dryRun")
         body = await self._body(request, JSON_TYPES | YAML_TYPES)
-        documents: Any
         if request.content_type in YAML_TYPES:
             try:
                 text = body.decode("utf-8")
             except UnicodeDecodeError as exc:
                 raise InvalidArgument(f"the YAML body is not UTF-8 (byte {exc.start})") from None
-            try:
-                documents = parse_yaml(text)
-            except ValidationError as exc:
-                raise invalid_argument(exc) from None
+            results = await self._service.apply_yaml(text, dry_run=dry_run)
         else:
-            parsed = _parse_json(body)
+            parsed = await asyncio.to_thread(_parse_json, body)
             _fields(parsed, ("documents", "dryRun"))
             documents = parsed.get("documents")
             if not isinstance(documents, list):
@@ -249,7 +256,7 @@ class RestApi:
                     "documents must be a list of resource documents", field="documents", reason="not a list"
                 )
             dry_run = dry_run or _bool(parsed.get("dryRun", False), "dryRun")
-        results = await self._service.apply(documents, dry_run=dry_run)
+            results = await self._service.apply(documents, dry_run=dry_run)
         return _json(api_messages.apply_response(results))
 
     async def list(self, request: web.Request) -> web.Response:
@@ -277,17 +284,19 @@ class RestApi:
 
     async def rollback(self, request: web.Request) -> web.Response:
         _query(request, frozenset())
-        body = _parse_json(await self._body(request, JSON_TYPES))
-        _fields(body, ("toResourceVersion", "dryRun"))
+        body = await self._json_body(request)
+        _fields(body, ("toResourceVersion", "resourceVersion", "dryRun"))
         if "toResourceVersion" not in body:
             raise InvalidArgument(
                 "toResourceVersion is required (a resourceVersion from the revisions list)",
                 field="toResourceVersion",
                 reason="required",
             )
+        version = body.get("resourceVersion")
         result = await self._service.rollback(
             _key(request),
             _version(body["toResourceVersion"], "toResourceVersion"),
+            resource_version=None if version is None else _version(version, "resourceVersion"),
             dry_run=_bool(body.get("dryRun", False), "dryRun"),
         )
         return _json(api_messages.rollback_response(result))

@@ -35,6 +35,7 @@ from control_plane.resources import (
     Spec,
     StoreError,
 )
+from control_plane.resources import canonical_json as canonical_json  # the form specs are stored in
 
 # The file's name inside the control plane's data dir.
 STORE_FILE = "store.sqlite3"
@@ -70,11 +71,6 @@ _LIVE = """
     SELECT c.kind, c.namespace, c.name, r.spec, r.revision, r.time
     FROM current c JOIN revisions r ON r.revision = c.revision
 """
-
-
-def canonical_json(spec: Spec) -> str:
-    """The one text form of a spec: equal specs give equal strings."""
-    return json.dumps(spec, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
 
 
 @dataclass(slots=True)

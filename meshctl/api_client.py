@@ -335,9 +335,18 @@ class ControlPlaneClient:
         return [Revision.from_json(r) for r in _list(data.get("revisions"), "revisions")]
 
     def rollback(
-        self, kind: str, namespace: str, name: str, to_resource_version: int, *, dry_run: bool = False
+        self,
+        kind: str,
+        namespace: str,
+        name: str,
+        to_resource_version: int,
+        *,
+        resource_version: int = 0,
+        dry_run: bool = False,
     ) -> ApplyResult:
-        body = {"toResourceVersion": to_resource_version, "dryRun": dry_run}
+        body: dict[str, Any] = {"toResourceVersion": to_resource_version, "dryRun": dry_run}
+        if resource_version:
+            body["resourceVersion"] = resource_version
         data = self._call("POST", self._resource_path(kind, namespace, name) + "/rollback", body=body)
         return ApplyResult.from_json(data.get("result"))
 

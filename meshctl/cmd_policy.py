@@ -10,13 +10,13 @@ from __future__ import annotations
 import argparse
 import functools
 import json
-import re
 import sys
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
+from control_plane.policy.fields import parse_duration as parse_policy_duration
 from meshctl.api_client import (
     ApiError,
     ApplyResult,
@@ -57,21 +57,13 @@ def _utc_now() -> datetime:
     return datetime.now(UTC)
 
 
-_DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ms|s|m|h)")
-_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
-
-
 def parse_duration(text: str) -> float:
-    """`30s`, `1m30s`, `500ms`, `2h`, or a bare number of seconds → seconds (> 0)."""
-    value = text.strip()
+    """``--timeout``: a duration as policy documents write one (30s, 1m30s, 500ms, 2h) → seconds > 0."""
     try:
-        seconds = float(value)
-    except ValueError:
-        parts = _DURATION_PART.findall(value)
-        if not parts or "".join(n + u for n, u in parts) != value:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a duration (e.g. 30s, 1m30s, 500ms)") from None
-        seconds = sum(float(n) * _UNIT_SECONDS[u] for n, u in parts)
-    if not seconds > 0 or seconds == float("inf"):
+        seconds = parse_policy_duration(text.strip())
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    if seconds <= 0:
         raise argparse.ArgumentTypeError(f"duration must be positive, got {text!r}")
     return seconds
 
@@ -180,6 +172,13 @@ def register(
         "--to", dest="to", type=_positive_int, required=True, metavar="N", help="the revision to restore"
     )
     rollback.add_argument("--dry-run", action="store_true", help="show the diff, store nothing")
+    rollback.add_argument(
+        "--resource-version",
+        type=_positive_int,
+        default=0,
+        metavar="N",
+        help="roll back only if the resource is still at this version (not changed since you looked)",
+    )
     add_connection_arguments(rollback)
     rollback.set_defaults(run=_command("rollback", _rollback))
 
@@ -427,7 +426,9 @@ def describe_changes(revisions: list[Revision]) -> list[str]:
 
 def _rollback(args: argparse.Namespace, client: ControlPlaneClient) -> int:
     kind, namespace, name = _key(args)
-    result = client.rollback(kind, namespace, name, args.to, dry_run=args.dry_run)
+    result = client.rollback(
+        kind, namespace, name, args.to, resource_version=args.resource_version, dry_run=args.dry_run
+    )
     line = _result_line(result, dry_run=args.dry_run, kind=kind, namespace=namespace, name=name)
     print(f"{line}: rolled back to the spec of revision {args.to}")
     if args.dry_run and result.diff:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import re
 import sys
 from datetime import timedelta
 from pathlib import Path
@@ -19,6 +18,7 @@ from typing import Any
 
 from control_plane.auth import (
     DEFAULT_TTL,
+    MAX_TTL,
     Clock,
     Role,
     SigningKeyError,
@@ -26,20 +26,23 @@ from control_plane.auth import (
     mint_token,
     utc_now,
 )
-
-_TTL_PART = re.compile(r"(\d+)([smhd])")
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+from control_plane.policy.fields import parse_duration
 
 
 def parse_ttl(text: str) -> timedelta:
-    """``90s``, ``30m``, ``1h``, ``7d`` or a sum of them (``1h30m``)."""
-    parts = _TTL_PART.findall(text)
-    if not parts or "".join(n + u for n, u in parts) != text:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a duration like 30m, 1h, 7d or 1h30m")
-    seconds = sum(int(number) * _UNITS[unit] for number, unit in parts)
-    if seconds <= 0:
+    """``90s``, ``30m``, ``1h``, ``7d`` or a sum of them (``1h30m``); positive, at most MAX_TTL."""
+    try:
+        seconds = parse_duration(text.strip(), days=True)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    ttl = timedelta(seconds=seconds)
+    if ttl <= timedelta(0):
         raise argparse.ArgumentTypeError("the ttl must be positive")
-    return timedelta(seconds=seconds)
+    if ttl > MAX_TTL:
+        raise argparse.ArgumentTypeError(
+            f"the ttl must be at most {MAX_TTL.days}d, got {text!r}; mint a new token when it expires"
+        )
+    return ttl
 
 
 def register(subparsers: Any, *, clock: Clock = utc_now) -> None:
@@ -64,7 +67,7 @@ def register(subparsers: Any, *, clock: Clock = utc_now) -> None:
         "--ttl",
         type=parse_ttl,
         default=DEFAULT_TTL,
-        help="how long the token is valid, e.g. 30m, 1h, 7d (default: 1h)",
+        help=f"how long the token is valid, e.g. 30m, 1h, 7d; at most {MAX_TTL.days}d (default: 1h)",
     )
     create.add_argument("--subject", default="meshctl", help="who the token is for (default: %(default)s)")
     create.add_argument(

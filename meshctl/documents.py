@@ -1,6 +1,8 @@
 """Policy documents on the client side: kind names and their aliases, reading YAML files into
-JSON-ready documents (with errors that name the file and line), and turning a stored resource
-back into the document form that `meshctl apply` takes.
+JSON-ready documents (with the control plane's own reader, `control_plane.policy.parse_yaml`, so
+what meshctl sends is what the server would read: duplicate keys refused, values JSON cannot carry
+refused, errors naming the file, the document and the line), and turning a stored resource back
+into the document form that `meshctl apply` takes.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from typing import Any, TextIO
 
 import yaml
 
+from control_plane.policy import ValidationError, document_label, parse_yaml
 from meshctl.api_client import Resource
 
 # Kind → the apiVersion its documents carry (Istio's, since these are Istio's kinds).
@@ -43,7 +46,6 @@ KIND_ALIASES: dict[str, str] = {
 }
 
 YAML_SUFFIXES = (".yaml", ".yml", ".json")
-_BOOLEAN_HINT = ", as it does on/off/yes/no"
 
 
 class InputError(ValueError):
@@ -61,7 +63,7 @@ def resolve_kind(text: str) -> str:
 
 @dataclass(frozen=True, slots=True)
 class SourcedDocument:
-    """One document and where it came from, for messages ("users.yaml:12 (document 2)")."""
+    """One document and where it came from, for messages ("users.yaml (VirtualService users)")."""
 
     origin: str
     document: dict[str, Any]
@@ -69,8 +71,9 @@ class SourcedDocument:
 
 def load_documents(paths: Sequence[str], stdin: TextIO | None = None) -> list[SourcedDocument]:
     """Read every document from every path ("-" is stdin; a directory means its *.yaml, *.yml and
-    *.json files). Raises InputError for unreadable files, invalid YAML or a document that is not
-    a JSON-compatible mapping; nothing is returned unless every document is good."""
+    *.json files; a JSON array is read as its documents). Raises InputError for unreadable files
+    and whatever parse_yaml refuses (invalid YAML, duplicate keys, a document that is not a mapping
+    or holds a value JSON cannot carry, too big); nothing is returned unless every document is good."""
     if list(paths).count("-") > 1:
         raise InputError("'-' (standard input) can be given only once")
     documents: list[SourcedDocument] = []
@@ -103,82 +106,17 @@ def _read_sources(path: str, stdin: TextIO | None) -> Iterator[tuple[str, str]]:
 
 
 def _parse(label: str, text: str) -> list[SourcedDocument]:
-    loader = yaml.SafeLoader(text)
-    found: list[SourcedDocument] = []
     try:
-        number = 0
-        while loader.check_node():
-            number += 1
-            line = loader.peek_event().start_mark.line + 1  # type: ignore[no-untyped-call]
-            data = loader.get_data()
-            origin = f"{label}:{line} (document {number})"
-            found.extend(_documents_in(origin, data))
-    except yaml.MarkedYAMLError as exc:
-        raise InputError(_describe_yaml_error(label, exc)) from None
-    except yaml.YAMLError as exc:
-        raise InputError(f"{label}: invalid YAML: {exc}") from None
-    finally:
-        loader.dispose()
-    return found
-
-
-def _describe_yaml_error(label: str, exc: yaml.MarkedYAMLError) -> str:
-    mark = exc.problem_mark or exc.context_mark
-    where = f"{label}:{mark.line + 1}:{mark.column + 1}" if mark is not None else label
-    problem = exc.problem or "invalid YAML"
-    context = ""
-    if exc.context:
-        started = exc.context_mark
-        moved = started is not None and (mark is None or started.line != mark.line)
-        at = f" at line {started.line + 1}" if started is not None and moved else ""
-        context = f" ({exc.context}{at})"
-    return f"{where}: invalid YAML: {problem}{context}"
-
-
-def _documents_in(origin: str, data: Any) -> Iterator[SourcedDocument]:
-    if data is None:  # an empty document, e.g. a trailing '---'
-        return
-    if isinstance(data, list):  # a JSON array of documents, as `meshctl get -o json` prints
-        for index, item in enumerate(data):
-            yield from _documents_in(f"{origin}, item {index + 1}", item)
-        return
-    if not isinstance(data, dict):
-        raise InputError(
-            f"{origin}: expected a mapping (apiVersion, kind, metadata, spec), got {_type(data)}"
-        )
-    _check_json_compatible(origin, data, "")
-    yield SourcedDocument(origin, data)
-
-
-def _type(value: Any) -> str:
-    return {str: "a string", int: "a number", float: "a number", bool: "a boolean"}.get(
-        type(value), type(value).__name__
-    )
-
-
-def _check_json_compatible(origin: str, value: Any, path: str) -> None:
-    """YAML can say things JSON cannot: non-string keys (`on:` is the boolean true in YAML 1.1),
-    dates, binary, NaN. Refuse them here rather than let them change meaning on the way."""
-    if isinstance(value, dict):
-        for key, item in value.items():
-            if not isinstance(key, str):
-                hint = _BOOLEAN_HINT if isinstance(key, bool) else ""
-                raise InputError(
-                    f"{origin}: key {key!r} at {path or 'the top level'} is not a string "
-                    f"(YAML reads it as {_type(key)}{hint}; quote it)"
-                )
-            _check_json_compatible(origin, item, f"{path}.{key}" if path else key)
-    elif isinstance(value, list):
-        for index, item in enumerate(value):
-            _check_json_compatible(origin, item, f"{path}[{index}]")
-    elif isinstance(value, float):
-        if value != value or value in (float("inf"), float("-inf")):
-            raise InputError(f"{origin}: {path}: {value} is not a number JSON can carry")
-    elif value is not None and not isinstance(value, str | int | bool):
-        raise InputError(
-            f"{origin}: {path}: YAML reads this value as {_type(value)}, which JSON cannot carry; "
-            "quote it if it is meant as a string"
-        )
+        documents = parse_yaml(text)
+    except ValidationError as exc:
+        if exc.line is not None:  # invalid YAML: file:line:column, as editors read it
+            where = f" at line {exc.line}, column {exc.column}"
+            raise InputError(f"{label}:{exc.line}:{exc.column}: {exc.reason.removesuffix(where)}") from None
+        raise InputError(f"{label}: {exc}") from None
+    return [
+        SourcedDocument(f"{label} ({document_label(document, index)})", document)
+        for index, document in enumerate(documents)
+    ]
 
 
 def describe(document: Mapping[str, Any]) -> str:

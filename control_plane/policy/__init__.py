@@ -30,7 +30,9 @@ the shared checks (durations, percentages, names, regexes).
 
 from __future__ import annotations
 
+import datetime
 import json
+import math
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -88,6 +90,7 @@ MAX_YAML_BYTES = 4 * 1024 * 1024
 """The longest YAML text parse_yaml reads (in UTF-8 bytes)."""
 MAX_DEPTH = 32
 """The deepest nesting of mappings and lists in a document (the supported kinds need under 10)."""
+_MIB = MAX_YAML_BYTES // (1024 * 1024)
 
 DEFAULT_NAMESPACE = "default"
 
@@ -118,14 +121,19 @@ class ValidationError(Exception):
     ``document`` is ``"<Kind> <name>"`` (``"<Kind> <namespace>/<name>"`` outside the default
     namespace), or ``"document N"`` (1-based) when the kind or name is unknown; ``"input"`` or
     ``"batch"`` for problems with the whole text or batch. ``path`` is empty when the problem is
-    the document as a whole (and then ``str(err)`` leaves it out).
+    the document as a whole (and then ``str(err)`` leaves it out). For invalid YAML, ``line`` and
+    ``column`` (1-based) say where in the text, as the reason does in words.
     """
 
-    def __init__(self, document: str, path: str, reason: str) -> None:
+    def __init__(
+        self, document: str, path: str, reason: str, *, line: int | None = None, column: int | None = None
+    ) -> None:
         super().__init__(document, path, reason)
         self.document = document
         self.path = path
         self.reason = reason
+        self.line = line
+        self.column = column
 
     def __str__(self) -> str:
         if self.path:
@@ -189,22 +197,41 @@ class _ExplainingLoader(yaml.SafeLoader):
 
 def _read(text: str, loader_class: type[yaml.SafeLoader | _BaseLoader]) -> list[dict[str, Any]]:
     documents: list[dict[str, Any]] = []
+    total = 0
     loader = loader_class(text)
     try:
         while loader.check_data():  # type: ignore[no-untyped-call]
             data = loader.get_data()
             if data is None:
                 continue
-            label = f"document {len(documents) + 1}"
-            if not isinstance(data, dict):
-                raise ValidationError(
-                    label, "", f"must be a mapping (apiVersion, kind, ...), got {describe(data)}"
-                )
-            if len(documents) == MAX_DOCUMENTS:
-                raise ValidationError("input", "", f"more than {MAX_DOCUMENTS} documents; split the input")
-            documents.append(data)
+            # A list is a JSON array of documents, as `meshctl get -o json` prints.
+            for item in data if isinstance(data, list) else [data]:
+                index = len(documents)
+                if not isinstance(item, dict):
+                    raise ValidationError(
+                        f"document {index + 1}",
+                        "",
+                        f"must be a mapping (apiVersion, kind, ...), got {describe(item)}",
+                    )
+                if index == MAX_DOCUMENTS:
+                    raise ValidationError(
+                        "input", "", f"more than {MAX_DOCUMENTS} documents; split the input"
+                    )
+                total += _check_read(item, index)
+                if total > MAX_YAML_BYTES:
+                    raise ValidationError(
+                        "input", "", f"larger than {_MIB} MiB as JSON (with aliases expanded)"
+                    )
+                documents.append(item)
     except yaml.YAMLError as err:
-        raise ValidationError(f"document {len(documents) + 1}", "", _yaml_reason(err)) from None
+        mark = err.problem_mark or err.context_mark if isinstance(err, yaml.MarkedYAMLError) else None
+        raise ValidationError(
+            f"document {len(documents) + 1}",
+            "",
+            _yaml_reason(err),
+            line=None if mark is None else mark.line + 1,
+            column=None if mark is None else mark.column + 1,
+        ) from None
     except RecursionError:
         raise ValidationError(
             f"document {len(documents) + 1}", "", "invalid YAML: nested too deeply"
@@ -212,6 +239,56 @@ def _read(text: str, loader_class: type[yaml.SafeLoader | _BaseLoader]) -> list[
     finally:
         loader.dispose()
     return documents
+
+
+def _check_read(document: dict[str, Any], index: int) -> int:
+    """A document as read: its size as JSON, or ValidationError when it is too big or too deep (measured
+    before anything else walks it, stopping at the limit, so YAML aliases cannot make it expensive) or
+    holds a value JSON cannot carry."""
+    size, problem = _measure(document)
+    if problem is None:
+        problem = _not_json(document, "")
+    if problem is not None:
+        raise ValidationError(document_label(document, index), *problem)
+    return size
+
+
+def _not_json(value: object, path: str) -> tuple[str, str] | None:
+    """The first value JSON cannot carry, as (path, reason): YAML can say more than JSON (non-string
+    keys: ``on:`` is the boolean true in YAML 1.1; dates; binary; NaN), and such values would change
+    meaning on the way. Only called on a document _measure passed, so the walk is small."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                hint = ", as it does on/off/yes/no" if isinstance(key, bool) else ""
+                return path, f"key {key!r} is not a string (YAML reads it as {describe(key)}{hint}; quote it)"
+            found = _not_json(item, child(path, key))
+            if found:
+                return found
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            found = _not_json(item, f"{path}[{index}]")
+            if found:
+                return found
+    elif isinstance(value, float):
+        if not math.isfinite(value):
+            return path, f"{value} is not a number JSON can carry"
+    elif value is not None and not isinstance(value, str | int):
+        what = _YAML_TYPES.get(type(value), type(value).__name__)
+        return (
+            path,
+            f"YAML reads this value as {what}, which JSON cannot carry; quote it if it is meant as a string",
+        )
+    return None
+
+
+_YAML_TYPES = {
+    datetime.date: "a date",
+    datetime.datetime: "a timestamp",
+    bytes: "binary (!!binary)",
+    set: "a set (!!set)",
+    tuple: "a pair (!!pairs, !!omap)",
+}
 
 
 def _yaml_reason(err: yaml.YAMLError) -> str:
@@ -224,11 +301,16 @@ def _yaml_reason(err: yaml.YAMLError) -> str:
 
 
 def parse_yaml(text: str) -> list[dict[str, Any]]:
-    """The documents of a multi-document YAML (or JSON) text, empty documents skipped.
-    Raises ValidationError for invalid YAML (naming the line), a document that is not a
-    mapping, duplicate keys, or more than MAX_DOCUMENTS documents."""
+    """The documents of a multi-document YAML (or JSON) text as JSON values, empty documents skipped
+    and a document that is a list (a JSON array of documents) read as its items. The one YAML reader:
+    the REST API's ``application/yaml`` bodies and ``meshctl apply`` both read with it.
+
+    Raises ValidationError for invalid YAML (naming the line), duplicate keys, a document that is
+    not a mapping, a value JSON cannot carry (a non-string key, a date, binary, NaN), a document
+    over MAX_DOCUMENT_BYTES or MAX_DEPTH, more than MAX_DOCUMENTS documents, or documents over
+    MAX_YAML_BYTES together (as JSON: YAML aliases can make a short text expand)."""
     if len(text) > MAX_YAML_BYTES or len(text.encode("utf-8", "surrogatepass")) > MAX_YAML_BYTES:
-        raise ValidationError("input", "", f"larger than {MAX_YAML_BYTES // (1024 * 1024)} MiB")
+        raise ValidationError("input", "", f"larger than {_MIB} MiB")
     try:
         return _read(text, _Loader)
     except ValidationError as err:
@@ -266,15 +348,16 @@ def document_label(document: object, index: int = 0) -> str:
     return f"document {index + 1}"
 
 
-def _oversize(document: object) -> str | None:
-    """Why a document is too big (measured as compact JSON) or too deep, or None. Stops as soon
-    as the limit is passed, so shared YAML aliases cannot make it expensive."""
+def _measure(document: object) -> tuple[int, tuple[str, str] | None]:
+    """A document's size as compact JSON, and why it is too big or too deep (as a path and a
+    reason) or None. Stops as soon as a limit is passed, so shared YAML aliases cannot make it
+    expensive."""
     size = 0
     stack: list[tuple[object, int]] = [(document, 0)]
     while stack:
         value, depth = stack.pop()
         if depth > MAX_DEPTH:
-            return f"nested more than {MAX_DEPTH} levels deep"
+            return size, ("", f"nested more than {MAX_DEPTH} levels deep")
         if isinstance(value, str):
             size += (
                 len(value) + 2
@@ -292,8 +375,11 @@ def _oversize(document: object) -> str | None:
         else:
             size += len(str(value))
         if size > MAX_DOCUMENT_BYTES:
-            return f"larger than {MAX_DOCUMENT_BYTES // 1024} KiB as JSON (the limit per document)"
-    return None
+            return size, (
+                "",
+                f"larger than {MAX_DOCUMENT_BYTES // 1024} KiB as JSON (the limit per document)",
+            )
+    return size, None
 
 
 def _resource_version(value: object, path: str) -> int:
@@ -332,9 +418,9 @@ def _metadata(value: object, path: str) -> dict[str, Any]:
 def _validate(document: object) -> Document:
     if not isinstance(document, Mapping):
         raise Invalid("", f"must be a mapping (apiVersion, kind, metadata, spec), got {describe(document)}")
-    too_big = _oversize(document)
-    if too_big:
-        raise Invalid("", too_big)
+    _, problem = _measure(document)
+    if problem:
+        raise Invalid(*problem)
     for key in document:
         if key not in ("apiVersion", "kind", "metadata", "spec"):
             hint = "; status is set by the server, remove it" if key == "status" else ""

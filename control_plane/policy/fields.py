@@ -315,23 +315,35 @@ def regex(value: object, path: str) -> str:
 # ---------------------------------------------------------------------------------------------
 # Durations
 
-_DURATION = re.compile(r"(?:(?:\d+(?:\.\d*)?|\.\d+)(?:ms|h|m|s))+")
-_DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ms|h|m|s)")
-_UNIT_MS = {"ms": Decimal(1), "s": Decimal(1000), "m": Decimal(60_000), "h": Decimal(3_600_000)}
+_DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ms|d|h|m|s)")
+_UNIT_MS = {
+    "ms": Decimal(1),
+    "s": Decimal(1000),
+    "m": Decimal(60_000),
+    "h": Decimal(3_600_000),
+    "d": Decimal(86_400_000),
+}
 
 
-def parse_duration(text: str) -> float:
-    """Seconds in a duration string: one or more ``<number><unit>`` parts with unit ms, s, m or h,
-    e.g. ``"1.5s"``, ``"200ms"``, ``"1m"``, ``"1h30m"``. Whole milliseconds only. Raises
-    ValueError saying why when the text is not such a duration."""
-    if not _DURATION.fullmatch(text):
+def parse_duration(text: str, *, days: bool = False) -> float:
+    """Seconds in a duration string: one or more ``<number><unit>`` parts with unit ms, s, m or h
+    (and d, a day, when ``days``), e.g. ``"1.5s"``, ``"200ms"``, ``"1m"``, ``"1h30m"``. Whole
+    milliseconds only. Raises ValueError saying why when the text is not such a duration.
+
+    The one duration parser: policy documents' durations, and meshctl's ``--timeout`` and
+    ``--ttl`` (with days)."""
+    parts = _DURATION_PART.findall(text)
+    if (
+        not parts
+        or "".join(amount + unit for amount, unit in parts) != text
+        or (not days and any(unit == "d" for _, unit in parts))
+    ):
+        units = "ms, s, m, h or d" if days else "ms, s, m or h"
         raise ValueError(
-            f"{quoted(text)} is not a duration; write a number and a unit (ms, s, m or h), "
+            f"{quoted(text)} is not a duration; write a number and a unit ({units}), "
             'e.g. "1.5s", "200ms", "1m" or "1h"'
         )
-    millis = sum(
-        (Decimal(amount) * _UNIT_MS[unit] for amount, unit in _DURATION_PART.findall(text)), Decimal(0)
-    )
+    millis = sum((Decimal(amount) * _UNIT_MS[unit] for amount, unit in parts), Decimal(0))
     if millis != millis.to_integral_value():
         raise ValueError(f"{quoted(text)} is finer than a millisecond")
     return float(millis) / 1000

@@ -102,18 +102,20 @@ class ListRevisionsResponse(_message.Message):
     def __init__(self, revisions: _Optional[_Iterable[_Union[_resources_pb2.Revision, _Mapping]]] = ...) -> None: ...
 
 class RollbackRequest(_message.Message):
-    __slots__ = ("kind", "namespace", "name", "to_resource_version", "dry_run")
+    __slots__ = ("kind", "namespace", "name", "to_resource_version", "dry_run", "resource_version")
     KIND_FIELD_NUMBER: _ClassVar[int]
     NAMESPACE_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     TO_RESOURCE_VERSION_FIELD_NUMBER: _ClassVar[int]
     DRY_RUN_FIELD_NUMBER: _ClassVar[int]
+    RESOURCE_VERSION_FIELD_NUMBER: _ClassVar[int]
     kind: str
     namespace: str
     name: str
     to_resource_version: int
     dry_run: bool
-    def __init__(self, kind: _Optional[str] = ..., namespace: _Optional[str] = ..., name: _Optional[str] = ..., to_resource_version: _Optional[int] = ..., dry_run: _Optional[bool] = ...) -> None: ...
+    resource_version: int
+    def __init__(self, kind: _Optional[str] = ..., namespace: _Optional[str] = ..., name: _Optional[str] = ..., to_resource_version: _Optional[int] = ..., dry_run: _Optional[bool] = ..., resource_version: _Optional[int] = ...) -> None: ...
 
 class RollbackResponse(_message.Message):
     __slots__ = ("result",)

@@ -15,6 +15,7 @@ from control_plane.auth import (
     AUDIENCE,
     ISSUER,
     LEEWAY,
+    MAX_TTL,
     SIGNING_KEY_FILE,
     Operation,
     Principal,
@@ -178,3 +179,30 @@ def test_minting_refuses_an_empty_subject_or_ttl() -> None:
         mint_token(key, role=Role.READ, subject="", now=NOW)
     with pytest.raises(ValueError, match="positive"):
         mint_token(key, role=Role.READ, subject="x", now=NOW, ttl=timedelta(0))
+
+
+def test_a_token_lives_at_most_thirty_days() -> None:
+    key = ec.generate_private_key(ec.SECP256R1())
+    assert timedelta(days=30) == MAX_TTL
+    longest = mint_token(key, role=Role.READ, subject="ci", now=NOW, ttl=MAX_TTL)
+    assert verifier_at(key, NOW + MAX_TTL).verify(longest) == Principal("ci", Role.READ)
+    with pytest.raises(ValueError, match="at most 30 days"):
+        mint_token(key, role=Role.READ, subject="ci", now=NOW, ttl=MAX_TTL + timedelta(seconds=1))
+    # Signed with the key some other way: refused all the same.
+    year = _signed({**GOOD_CLAIMS, "exp": int(NOW.timestamp()) + 365 * 86400}, key)
+    with pytest.raises(Unauthenticated, match="valid for longer than 30 days"):
+        verifier_at(key, NOW).verify(year)
+
+
+def test_not_before_is_checked_when_present() -> None:
+    key = ec.generate_private_key(ec.SECP256R1())
+    start = int(NOW.timestamp()) + 600
+    token = _signed({**GOOD_CLAIMS, "exp": start + 60, "nbf": start}, key)
+    with pytest.raises(Unauthenticated, match=r"not valid before 2030-06-01T12:10:00\+00:00 \(nbf\)"):
+        verifier_at(key, NOW).verify(token)
+    with pytest.raises(Unauthenticated, match="not valid before"):
+        verifier_at(key, NOW + timedelta(seconds=600) - LEEWAY - timedelta(seconds=1)).verify(token)
+    assert verifier_at(key, NOW + timedelta(seconds=600) - LEEWAY).verify(token).subject == "ops"
+    for nbf in ("soon", True):
+        with pytest.raises(Unauthenticated, match="must be numbers"):
+            verifier_at(key, NOW).verify(_signed({**GOOD_CLAIMS, "nbf": nbf}, key))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -36,6 +37,7 @@ from control_plane.auth import Role, mint_token
 from control_plane.grpc_errors import ERROR_TRAILER, status_code
 from control_plane.rest import MAX_BODY_BYTES, create_app
 from control_plane.rest_errors import http_status
+from control_plane.sqlite_store import STORE_FILE
 from tests.support.policy_api import (
     USERS,
     Harness,
@@ -260,6 +262,20 @@ def test_bad_requests_on_the_other_methods(tmp_path: Path) -> None:
                 "has no revision 8",
             ),
             (
+                stub.Rollback(
+                    policy_pb2.RollbackRequest(**key, to_resource_version=1, resource_version=-1), metadata=md
+                ),
+                invalid,
+                "resource_version must not be negative",
+            ),
+            (
+                stub.Rollback(
+                    policy_pb2.RollbackRequest(**key, to_resource_version=1, resource_version=7), metadata=md
+                ),
+                grpc.StatusCode.ABORTED,
+                "resourceVersion 7 is stale (current is 1)",
+            ),
+            (
                 stub.DeleteResource(
                     policy_pb2.DeleteResourceRequest(**key, resource_version=-1), metadata=md
                 ),
@@ -369,6 +385,69 @@ ALL_ERRORS: list[ApiError] = [
 ]
 
 
+def test_whole_number_floats_from_a_struct_are_stored_as_ints_as_over_rest(tmp_path: Path) -> None:
+    async def body(api: Api) -> None:
+        # A Struct has only doubles: the weights arrive as 90.0 and 10.0.
+        await api.stub.Apply(documents(virtual_service()), metadata=api.metadata())
+        stored = api.h.store.get(USERS)
+        assert stored is not None and type(stored.spec["http"][0]["route"][0]["weight"]) is int
+        assert (await api.h.service.apply([virtual_service()]))[0].action.value == "unchanged"
+
+    with_api(tmp_path, body)
+
+
+def test_rollback_with_a_resource_version(tmp_path: Path) -> None:
+    async def body(api: Api) -> None:
+        md = api.metadata()
+        await api.stub.Apply(documents(virtual_service()), metadata=md)
+        await api.stub.Apply(documents(virtual_service(weights=(50, 50))), metadata=md)
+        key = {"kind": "VirtualService", "namespace": "default", "name": "users"}
+        code, details, _ = await refused(
+            api.stub.Rollback(
+                policy_pb2.RollbackRequest(**key, to_resource_version=1, resource_version=1), metadata=md
+            )
+        )
+        assert code is grpc.StatusCode.ABORTED and "resourceVersion 1 is stale (current is 2)" in details
+        rolled = await api.stub.Rollback(
+            policy_pb2.RollbackRequest(**key, to_resource_version=1, resource_version=2), metadata=md
+        )
+        assert (rolled.result.action, rolled.result.resource.resource_version) == ("updated", 3)
+
+    with_api(tmp_path, body)
+
+
+def test_an_unexpected_exception_is_internal_with_a_generic_message(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def body(api: Api) -> None:
+        async def broken(*args: Any, **kwargs: Any) -> Any:
+            raise KeyError(f"{tmp_path}: the secret detail")
+
+        api.h.service.list_resources = broken  # type: ignore[method-assign]
+        code, details, error = await refused(
+            api.stub.ListResources(policy_pb2.ListResourcesRequest(), metadata=api.metadata())
+        )
+        assert (code, details) == (grpc.StatusCode.INTERNAL, "internal error (see the control plane's log)")
+        assert error == {"code": "INTERNAL", "message": details}
+
+    with caplog.at_level(logging.ERROR):
+        with_api(tmp_path, body)
+    assert "mesh.v1.PolicyService/ListResources failed" in caplog.text
+    assert "the secret detail" in caplog.text
+
+
+def test_a_store_failure_does_not_show_the_store_path(tmp_path: Path) -> None:
+    async def body(api: Api) -> None:
+        api.h.store.close()
+        code, details, error = await refused(
+            api.stub.Apply(documents(virtual_service()), metadata=api.metadata())
+        )
+        assert (code, details) == (grpc.StatusCode.INTERNAL, "the store failed (see the control plane's log)")
+        assert str(tmp_path / STORE_FILE) not in json.dumps(error)
+
+    with_api(tmp_path, body)
+
+
 def test_each_error_has_one_code_on_both_apis() -> None:
     expected = {
         InvalidArgument: 400,
@@ -384,3 +463,4 @@ def test_each_error_has_one_code_on_both_apis() -> None:
     for error in ALL_ERRORS:
         assert status_code(error).name == error.code, error
         assert http_status(error) == expected[type(error)], error
+    assert status_code(ApiError("x")) is grpc.StatusCode.UNKNOWN

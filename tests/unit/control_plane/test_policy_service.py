@@ -4,15 +4,21 @@ and a real Registry, with a counting stand-in for discovery's notify_changed."""
 from __future__ import annotations
 
 import asyncio
+import threading
+import time
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
+from control_plane import policy_service
 from control_plane.api_errors import ConflictError, Internal, InvalidArgument, NotFoundError
 from control_plane.policy_service import Action, ApplyResult, spec_diff
-from control_plane.resources import Change, ResourceKey
+from control_plane.resources import Change, ResourceKey, StoreError
+from control_plane.sqlite_store import STORE_FILE
 from tests.support.policy_api import (
     NOW,
     USERS,
@@ -68,15 +74,52 @@ def test_apply_creates_then_updates_then_leaves_unchanged(tmp_path: Path) -> Non
         assert h.store.revision() == 3
 
 
-def test_whole_number_floats_are_stored_as_ints_so_both_apis_store_the_same_spec(tmp_path: Path) -> None:
+def test_an_alias_bomb_is_refused_quickly_as_too_large(tmp_path: Path) -> None:
+    # What YAML aliases build: each level shares one list ten times, 10**7 strings in all.
+    spec: Any = ["x"] * 10
+    for _ in range(6):
+        spec = [spec] * 10
+    document = {**virtual_service(), "spec": {"hosts": ["users"], "http": spec}}
     with harness(tmp_path) as h:
-        as_struct = virtual_service()
-        for route in as_struct["spec"]["http"][0]["route"]:
-            route["weight"] = float(route["weight"])  # what a protobuf Struct gives
-        (created,) = apply(h, as_struct)
-        assert created.spec is not None and created.spec["http"][0]["route"][0]["weight"] == 90
-        assert type(created.spec["http"][0]["route"][0]["weight"]) is int
-        assert apply(h, virtual_service())[0].action is Action.UNCHANGED
+        started = time.monotonic()
+        with pytest.raises(InvalidArgument) as info:
+            apply(h, document)
+        assert time.monotonic() - started < 1.0
+        assert str(info.value) == "VirtualService users: larger than 256 KiB as JSON (the limit per document)"
+        assert h.store.revision() == 0
+
+
+def test_validation_and_yaml_parsing_run_off_the_event_loop(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    threads: list[str] = []
+
+    def recording(function: Callable[..., Any]) -> Callable[..., Any]:
+        def wrapper(*args: Any) -> Any:
+            threads.append(threading.current_thread().name)
+            return function(*args)
+
+        return wrapper
+
+    monkeypatch.setattr(policy_service, "validate_all", recording(policy_service.validate_all))
+    monkeypatch.setattr(policy_service, "parse_yaml", recording(policy_service.parse_yaml))
+    with harness(tmp_path) as h:
+        apply(h, virtual_service())
+        run(h.service.apply_yaml(yaml.safe_dump(destination_rule())))
+        assert len(threads) == 3
+        assert threading.main_thread().name not in threads
+
+
+def test_apply_yaml_reads_with_parse_yaml(tmp_path: Path) -> None:
+    with harness(tmp_path) as h:
+        text = yaml.safe_dump_all([virtual_service(), destination_rule()])
+        results = run(h.service.apply_yaml(text, dry_run=True))
+        assert [r.action for r in results] == [Action.CREATED, Action.CREATED]
+        with pytest.raises(InvalidArgument, match="found duplicate key 'host'"):
+            run(h.service.apply_yaml("kind: DestinationRule\nspec: {host: a, host: b}\n"))
+        with pytest.raises(InvalidArgument, match="no documents"):
+            run(h.service.apply_yaml("---\n"))
+        assert h.store.revision() == 0
 
 
 def test_dry_run_reports_what_would_happen_and_writes_nothing(tmp_path: Path) -> None:
@@ -108,6 +151,23 @@ def test_dry_run_reports_conflicts_and_missing_resources_like_a_real_apply(tmp_p
             apply(h, virtual_service(resource_version=7), dry_run=True)
         with pytest.raises(NotFoundError):
             run(h.service.delete(RULE, dry_run=True))
+
+
+def test_dry_run_decides_unchanged_as_the_store_does(tmp_path: Path) -> None:
+    def with_fault(value: float) -> dict[str, Any]:
+        document = virtual_service()
+        document["spec"]["http"][0]["fault"] = {"abort": {"grpcStatus": 14, "percentage": {"value": value}}}
+        return document
+
+    with harness(tmp_path) as h:
+        apply(h, with_fault(10))
+        # 10.0 == 10 in Python, but the store keeps canonical JSON, where "10.0" is not "10".
+        (dry,) = apply(h, with_fault(10.0), dry_run=True)
+        (real,) = apply(h, with_fault(10.0))
+        assert dry.action is real.action is Action.UPDATED
+        (dry,) = apply(h, with_fault(10.0), dry_run=True)
+        (real,) = apply(h, with_fault(10.0))
+        assert dry.action is real.action is Action.UNCHANGED
 
 
 BAD_DOCUMENTS: list[tuple[str, dict[str, Any], str, str]] = [
@@ -279,6 +339,25 @@ def test_rollback_to_an_unknown_revision_or_resource_is_not_found(tmp_path: Path
             run(h.service.rollback(USERS, 9))
 
 
+def test_rollback_with_a_resource_version_is_optimistic_concurrency(tmp_path: Path) -> None:
+    with harness(tmp_path) as h:
+        apply(h, virtual_service())  # 1
+        apply(h, virtual_service(weights=(50, 50)))  # 2
+        before = h.fingerprint()
+        for dry_run in (True, False):
+            with pytest.raises(ConflictError, match=r"resourceVersion 1 is stale \(current is 2\)"):
+                run(h.service.rollback(USERS, 1, resource_version=1, dry_run=dry_run))
+        assert h.fingerprint() == before
+        rolled = run(h.service.rollback(USERS, 1, resource_version=2))
+        assert (rolled.action, rolled.resource_version) == (Action.UPDATED, 3)
+        run(h.service.delete(USERS))  # 4
+        with pytest.raises(ConflictError, match="given, but the resource does not exist"):
+            run(h.service.rollback(USERS, 4, resource_version=3))
+        with pytest.raises(ConflictError, match="does not exist"):
+            run(h.service.rollback(USERS, 1, resource_version=3))
+        assert run(h.service.rollback(USERS, 1)).action is Action.CREATED
+
+
 def test_rollback_revalidates_the_old_spec(tmp_path: Path) -> None:
     with harness(tmp_path) as h:
         apply(h, virtual_service())
@@ -325,11 +404,34 @@ def test_sidecars_come_from_the_registry_with_the_store_revision(tmp_path: Path)
         )
 
 
-def test_a_failing_store_is_an_internal_error(tmp_path: Path) -> None:
+def test_a_failing_store_is_an_internal_error_whose_detail_goes_to_the_log(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     with harness(tmp_path) as h:
         h.store.close()
-        with pytest.raises(Internal, match="closed"):
-            apply(h, virtual_service())
-        with pytest.raises(Internal, match="closed"):
-            run(h.service.list_resources())
+        for call in (h.service.apply([virtual_service()]), h.service.list_resources()):
+            with pytest.raises(Internal) as info:
+                run(call)
+            assert info.value.message == "the store failed (see the control plane's log)"
+            assert str(tmp_path) not in str(info.value.to_json())
         assert h.notifier.calls == 0
+    assert [r.getMessage() for r in caplog.records] == [
+        f"the store failed: store {tmp_path / STORE_FILE} is closed"
+    ] * 2
+
+
+def test_a_failing_write_is_an_internal_error_whose_detail_goes_to_the_log(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with harness(tmp_path) as h:
+
+        def disk_full(changes: Any, now: Any) -> Any:
+            raise StoreError(f"{tmp_path / STORE_FILE}: database or disk is full")
+
+        monkeypatch.setattr(h.store, "apply", disk_full)
+        with pytest.raises(Internal) as info:
+            apply(h, virtual_service())
+        assert info.value.message == "the store could not apply the change (see the control plane's log)"
+    assert caplog.records[-1].getMessage() == (
+        f"the store could not apply the change: {tmp_path / STORE_FILE}: database or disk is full"
+    )

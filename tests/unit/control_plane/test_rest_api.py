@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from datetime import timedelta
@@ -18,7 +20,9 @@ from aiohttp.test_utils import TestClient, TestServer
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from control_plane.auth import Role, mint_token
+from control_plane.openapi import SCHEMAS
 from control_plane.rest import MAX_BODY_BYTES, ROUTES, create_app
+from control_plane.sqlite_store import STORE_FILE
 from tests.support.policy_api import (
     USERS,
     Harness,
@@ -396,6 +400,20 @@ def test_bad_parameters_on_the_other_routes(tmp_path: Path) -> None:
             ("POST", USERS_PATH + "/rollback", {"json": {}}, 400, "toResourceVersion is required"),
             ("POST", USERS_PATH + "/rollback", {"json": {"toResourceVersion": 0}}, 400, "must be a positive"),
             ("POST", USERS_PATH + "/rollback", {"json": {"toResourceVersion": 9}}, 404, "has no revision 9"),
+            (
+                "POST",
+                USERS_PATH + "/rollback",
+                {"json": {"toResourceVersion": 1, "resourceVersion": "x"}},
+                400,
+                "resourceVersion must be a positive",
+            ),
+            (
+                "POST",
+                USERS_PATH + "/rollback",
+                {"json": {"toResourceVersion": 1, "resourceVersion": 7}},
+                409,
+                "resourceVersion 7 is stale (current is 1)",
+            ),
             ("POST", USERS_PATH + "/rollback", {"data": "x"}, 415, "is not accepted here"),
             ("GET", "/api/v1/nothing-here", {}, 404, "no such endpoint: GET /api/v1/nothing-here"),
             ("PUT", "/api/v1/apply", {}, 405, "/api/v1/apply takes POST, not PUT"),
@@ -481,3 +499,111 @@ def test_every_api_route_needs_a_token_and_health_and_openapi_do_not(tmp_path: P
         assert (await call(client, "GET", "/healthz", None))[1] == {"status": "ok"}
 
     with_client(tmp_path, body)
+
+
+def test_a_yaml_alias_bomb_is_refused_quickly_as_too_large(tmp_path: Path) -> None:
+    lines = ["  a0: &a0 [x, x, x, x, x, x, x, x, x, x]"]
+    for level in range(1, 7):
+        lines.append(f"  a{level}: &a{level} [" + ", ".join([f"*a{level - 1}"] * 10) + "]")
+    bomb = "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: users}\nspec:\n"
+    bomb += "\n".join(lines) + "\n"
+    assert len(bomb) < 600
+
+    async def body(h: Harness, client: TestClient[Any, Any]) -> None:
+        started = time.monotonic()
+        status, data = await call(
+            client,
+            "POST",
+            "/api/v1/apply",
+            h.token(),
+            data=bomb,
+            headers={"Content-Type": "application/yaml"},
+        )
+        assert time.monotonic() - started < 1.0
+        assert (status, data["error"]["message"]) == (
+            400,
+            "VirtualService users: larger than 256 KiB as JSON (the limit per document)",
+        )
+        assert h.store.revision() == 0
+
+    with_client(tmp_path, body)
+
+
+def test_whole_number_floats_in_json_are_ints_as_over_grpc(tmp_path: Path) -> None:
+    async def body(h: Harness, client: TestClient[Any, Any]) -> None:
+        document = json.dumps({"documents": [virtual_service()]}).replace('"weight": 90', '"weight": 90.0')
+        assert '"weight": 90.0' in document
+        headers = {"Content-Type": "application/json"}
+        status, data = await call(client, "POST", "/api/v1/apply", h.token(), data=document, headers=headers)
+        assert status == 200, data
+        stored = h.store.get(USERS)
+        assert stored is not None and type(stored.spec["http"][0]["route"][0]["weight"]) is int
+        status, data = await call(
+            client, "POST", "/api/v1/apply", h.token(), json={"documents": [virtual_service()]}
+        )
+        assert data["results"][0]["action"] == "unchanged"
+
+    with_client(tmp_path, body)
+
+
+def test_rollback_takes_every_field_the_openapi_document_gives_it(tmp_path: Path) -> None:
+    async def body(h: Harness, client: TestClient[Any, Any]) -> None:
+        admin = h.token()
+        await call(client, "POST", "/api/v1/apply", admin, json={"documents": [virtual_service()]})
+        await call(
+            client, "POST", "/api/v1/apply", admin, json={"documents": [virtual_service(weights=(50, 50))]}
+        )
+        assert set(SCHEMAS["RollbackRequest"]["properties"]) == {
+            "toResourceVersion",
+            "resourceVersion",
+            "dryRun",
+        }
+        status, data = await call(
+            client,
+            "POST",
+            USERS_PATH + "/rollback",
+            admin,
+            json={"toResourceVersion": 1, "resourceVersion": "2", "dryRun": False},
+        )
+        assert (status, data["result"]["action"], data["result"]["resource"]["resourceVersion"]) == (
+            200,
+            "updated",
+            "3",
+        )
+
+    with_client(tmp_path, body)
+
+
+def test_a_store_failure_is_a_500_that_does_not_show_the_store_path(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def body(h: Harness, client: TestClient[Any, Any]) -> None:
+        h.store.close()
+        status, data = await call(client, "GET", "/api/v1/resources", h.token())
+        assert (status, data["error"]) == (
+            500,
+            {"code": "INTERNAL", "message": "the store failed (see the control plane's log)"},
+        )
+
+    with caplog.at_level(logging.ERROR):
+        with_client(tmp_path, body)
+    assert f"{tmp_path / STORE_FILE} is closed" in caplog.text
+
+
+def test_an_unexpected_exception_is_a_generic_500_and_logged(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def body(h: Harness, client: TestClient[Any, Any]) -> None:
+        async def broken(*args: Any, **kwargs: Any) -> Any:
+            raise RuntimeError(f"{tmp_path}: something unexpected")
+
+        h.service.get = broken  # type: ignore[method-assign]
+        status, data = await call(client, "GET", USERS_PATH, h.token())
+        assert (status, data["error"]) == (
+            500,
+            {"code": "INTERNAL", "message": "internal error (see the control plane's log)"},
+        )
+
+    with caplog.at_level(logging.ERROR):
+        with_client(tmp_path, body)
+    assert "something unexpected" in caplog.text

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from meshctl import cmd_policy
 from meshctl.api_client import ControlPlaneClient, ControlPlaneUnreachable, SidecarList, SidecarStatus
 from meshctl.cmd_policy import parse_duration
 from meshctl.cmd_status import wait_for_revision
@@ -196,13 +197,24 @@ def test_a_refused_status_request_fails_before_anything_is_applied(
 
 @pytest.mark.parametrize(
     ("text", "seconds"),
-    [("30s", 30.0), ("2m", 120.0), ("1m30s", 90.0), ("250ms", 0.25), ("1.5", 1.5), ("1h", 3600.0)],
+    [("30s", 30.0), ("2m", 120.0), ("1m30s", 90.0), ("250ms", 0.25), ("1.5s", 1.5), ("1h", 3600.0)],
 )
 def test_timeout_durations(text: str, seconds: float) -> None:
     assert parse_duration(text) == pytest.approx(seconds)
 
 
-@pytest.mark.parametrize("text", ["", "0", "-1s", "5x", "s", "1m-2s", "inf"])
+def test_timeouts_are_read_by_the_one_duration_parser(monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: list[str] = []
+
+    def policy_parser(text: str) -> float:
+        seen.append(text)
+        return 7.0
+
+    monkeypatch.setattr(cmd_policy, "parse_policy_duration", policy_parser)
+    assert parse_duration("2m") == 7.0 and seen == ["2m"]
+
+
+@pytest.mark.parametrize("text", ["", "0", "0s", "1.5", "-1s", "5x", "s", "1m-2s", "inf", "1d", "0.0001s"])
 def test_bad_timeouts_are_usage_errors(cp: FakeControlPlane, policy: str, text: str) -> None:
     with pytest.raises(SystemExit) as info:
         run_meshctl("apply", "-f", policy, "--wait", "--timeout", text)

@@ -125,16 +125,36 @@ def test_apply_dry_run_asks_for_a_dry_run_and_prints_the_diff(
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
-        ("kind: VirtualService\nspec:\n  hosts: [users\n", "bad.yaml:4:1: invalid YAML: expected ',' or ']'"),
-        ("kind: VirtualService\n  name: x\n", "bad.yaml:2:7: invalid YAML: mapping values are not allowed"),
-        (USERS_YAML + "---\n- just\n- a list\n", "bad.yaml:11 (document 2), item 1: expected a mapping"),
+        (
+            "kind: VirtualService\nspec:\n  hosts: [users\n",
+            "bad.yaml:4:1: invalid YAML: expected ',' or ']', but got '<stream end>'\n",
+        ),
+        (
+            "kind: VirtualService\n  name: x\n",
+            "bad.yaml:2:7: invalid YAML: mapping values are not allowed here\n",
+        ),
+        (
+            USERS_YAML + "---\n- just\n- a list\n",
+            'bad.yaml: document 2: must be a mapping (apiVersion, kind, ...), got the string "just"',
+        ),
         (
             "---\n'a string'\n",
-            "bad.yaml:1 (document 1): expected a mapping (apiVersion, kind, metadata, spec)",
+            "bad.yaml: document 1: must be a mapping (apiVersion, kind, ...), got the string",
         ),
-        ("kind: VirtualService\nspec:\n  on: true\n", "key True at spec is not a string"),
-        ("kind: VirtualService\nspec:\n  when: 2030-06-01\n", "spec.when: YAML reads this value as date"),
+        (
+            "kind: VirtualService\nspec:\n  on: true\n",
+            "spec: key True is not a string (YAML reads it as the boolean",
+        ),
+        ("kind: VirtualService\nspec:\n  when: 2030-06-01\n", "spec.when: YAML reads this value as a date"),
         ("kind: VirtualService\nspec:\n  weight: .nan\n", "spec.weight: nan is not a number JSON can carry"),
+        (
+            USERS_YAML.replace("  hosts: [users]\n", "  hosts: [users]\n  hosts: [orders]\n"),
+            "bad.yaml:7:3: invalid YAML: found duplicate key 'hosts'\n",
+        ),
+        (
+            USERS_YAML.replace("metadata:\n  name: users\n", "metadata:\n  name: users\n  name: orders\n"),
+            "bad.yaml:5:3: invalid YAML: found duplicate key 'name'\n",
+        ),
     ],
 )
 def test_apply_refuses_bad_yaml_naming_the_file_and_line_and_sends_nothing(
@@ -565,6 +585,21 @@ def test_rollback(cp: FakeControlPlane, capsys: pytest.CaptureFixture[str]) -> N
     assert capsys.readouterr().out == (
         "VirtualService default/users updated (resourceVersion 16): rolled back to the spec of revision 10\n"
     )
+
+
+def test_rollback_only_from_the_version_looked_at(
+    cp: FakeControlPlane, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = "/api/v1/resources/VirtualService/default/users/rollback"
+    cp.reply("POST", path, {"result": result_json(resource_json("users", USERS_SPEC, version=16), "updated")})
+    assert run_meshctl("rollback", "vs", "users", "--to", "10", "--resource-version", "15") == 0
+    assert cp.requests[0].body == {"toResourceVersion": 10, "resourceVersion": 15, "dryRun": False}
+    cp.error("POST", path, 409, "ABORTED", "VirtualService default/users: resourceVersion 15 is stale")
+    assert run_meshctl("rollback", "vs", "users", "--to", "10", "--resource-version", "15") == 1
+    assert "resourceVersion 15 is stale" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as info:
+        run_meshctl("rollback", "vs", "users", "--to", "10", "--resource-version", "0")
+    assert info.value.code == 2
 
 
 def test_rollback_dry_run_prints_the_diff(cp: FakeControlPlane, capsys: pytest.CaptureFixture[str]) -> None:

@@ -63,6 +63,9 @@ def test_without_a_key_it_says_to_start_the_control_plane(
         (["--role", "read", "--ttl", "soon"], "not a duration"),
         (["--role", "read", "--ttl", "0s"], "must be positive"),
         (["--role", "read", "--ttl", "1h 5m"], "not a duration"),
+        (["--role", "read", "--ttl", "31d"], "the ttl must be at most 30d, got '31d'"),
+        (["--role", "read", "--ttl", "30d1s"], "the ttl must be at most 30d"),
+        (["--role", "read", "--ttl", "1y"], "not a duration"),
     ],
 )
 def test_bad_arguments_exit_2(
@@ -84,3 +87,15 @@ def test_parse_ttl() -> None:
     assert cmd_token.parse_ttl("90s") == timedelta(seconds=90)
     assert cmd_token.parse_ttl("7d") == timedelta(days=7)
     assert cmd_token.parse_ttl("1h30m") == timedelta(minutes=90)
+    assert cmd_token.parse_ttl("30d") == timedelta(days=30)
+    assert cmd_token.parse_ttl("1.5h") == timedelta(minutes=90)
+
+
+def test_the_longest_token_is_accepted_by_the_control_plane(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    key = load_or_create_signing_key(tmp_path)
+    assert run("--role", "read", "--ttl", "30d", "--data-dir", str(tmp_path)) == 0
+    token = capsys.readouterr().out.strip()
+    verifier = TokenVerifier(key.public_key(), clock=lambda: NOW + timedelta(days=29))
+    assert verifier.verify(token) == Principal("meshctl", Role.READ)

@@ -2,9 +2,18 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
-from control_plane.policy import MAX_DOCUMENTS, MAX_YAML_BYTES, ValidationError, parse_yaml, validate_all
+from control_plane.policy import (
+    MAX_DOCUMENT_BYTES,
+    MAX_DOCUMENTS,
+    MAX_YAML_BYTES,
+    ValidationError,
+    parse_yaml,
+    validate_all,
+)
 
 TWO = """\
 # leading comment
@@ -59,6 +68,7 @@ def test_invalid_yaml_names_the_document_and_line() -> None:
     assert err.path == ""
     assert err.reason.startswith("invalid YAML: ")
     assert "line 23" in err.reason, err.reason
+    assert (err.line, err.column) == (23, 7)
     assert str(err) == f"document 3: {err.reason}"
 
 
@@ -81,6 +91,7 @@ def test_invalid_yaml(text: str, reason: str) -> None:
 def test_duplicate_keys_are_refused_not_last_one_wins() -> None:
     err = parse_error("kind: VirtualService\nspec:\n  hosts: [a]\n  hosts: [b]\n")
     assert str(err) == "document 1: invalid YAML: found duplicate key 'hosts' at line 4, column 3"
+    assert (err.line, err.column) == (4, 3)
 
 
 def test_merge_keys_may_be_overridden() -> None:
@@ -90,11 +101,74 @@ def test_merge_keys_may_be_overridden() -> None:
 
 @pytest.mark.parametrize(
     ("text", "got"),
-    [("- a\n- b\n", "a list"), ("just text\n", 'the string "just text"'), ("42\n", "the number 42")],
+    [
+        ("- a\n- b\n", 'the string "a"'),
+        ("- [a]\n", "a list"),
+        ("just text\n", 'the string "just text"'),
+        ("42\n", "the number 42"),
+    ],
 )
 def test_a_document_must_be_a_mapping(text: str, got: str) -> None:
     err = parse_error("kind: A\n---\n" + text)
     assert str(err) == f"document 2: must be a mapping (apiVersion, kind, ...), got {got}"
+
+
+def test_a_list_is_a_json_array_of_documents() -> None:
+    text = '[{"kind": "A"}, {"kind": "B"}]\n---\nkind: C\n---\n[]\n'
+    assert parse_yaml(text) == [{"kind": "A"}, {"kind": "B"}, {"kind": "C"}]
+    err = parse_error('[{"kind": "A"}, 7]\n')
+    assert str(err) == "document 2: must be a mapping (apiVersion, kind, ...), got the number 7"
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (
+            "kind: VirtualService\nspec:\n  on: true\n",
+            "document 1: spec: key True is not a string "
+            "(YAML reads it as the boolean true, as it does on/off/yes/no; quote it)",
+        ),
+        ("a: {1: x}\n", "document 1: a: key 1 is not a string (YAML reads it as the number 1; quote it)"),
+        ("spec: {when: 2030-06-01}\n", "document 1: spec.when: YAML reads this value as a date, which JSON"),
+        ("spec: [2030-06-01T10:00:00Z]\n", "document 1: spec[0]: YAML reads this value as a timestamp"),
+        ("a: !!binary aGVsbG8=\n", "document 1: a: YAML reads this value as binary (!!binary)"),
+        ("a: !!set {x}\n", "document 1: a: YAML reads this value as a set (!!set)"),
+        ("a: {w: .nan}\n", "document 1: a.w: nan is not a number JSON can carry"),
+        ("a: -.inf\n", "document 1: a: -inf is not a number JSON can carry"),
+        (
+            "kind: VirtualService\nmetadata: {name: users}\nspec: {when: 2030-06-01}\n",
+            "VirtualService users: spec.when: YAML reads this value as a date",
+        ),
+    ],
+)
+def test_values_json_cannot_carry_are_refused(text: str, expected: str) -> None:
+    assert str(parse_error(text)).startswith(expected)
+
+
+def alias_bomb(levels: int) -> str:
+    """A short text whose aliases expand to 10**levels strings."""
+    lines = ["  a0: &a0 [x, x, x, x, x, x, x, x, x, x]"]
+    for level in range(1, levels):
+        lines.append(f"  a{level}: &a{level} [" + ", ".join([f"*a{level - 1}"] * 10) + "]")
+    return "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: users}\nspec:\n" + (
+        "\n".join(lines) + "\n"
+    )
+
+
+def test_an_alias_bomb_is_refused_before_anything_expands_it() -> None:
+    text = alias_bomb(8)  # 10**8 strings from under 600 bytes
+    assert len(text) < 600
+    started = time.monotonic()
+    err = parse_error(text)
+    assert time.monotonic() - started < 1.0
+    assert str(err) == "VirtualService users: larger than 256 KiB as JSON (the limit per document)"
+
+
+def test_aliases_cannot_make_a_list_of_documents_expand_past_the_texts_limit() -> None:
+    big = "{kind: A, spec: {note: " + "x" * (MAX_DOCUMENT_BYTES - 100) + "}}"
+    text = f"- &d {big}\n" + "- *d\n" * (MAX_YAML_BYTES // MAX_DOCUMENT_BYTES + 1)
+    err = parse_error(text)
+    assert str(err) == "input: larger than 4 MiB as JSON (with aliases expanded)"
 
 
 def test_deep_nesting_is_refused_by_parse_or_validate() -> None:
