@@ -166,6 +166,11 @@ class SimSidecar:
 
     async def _converse(self, call: grpc.aio.StreamStreamCall) -> None:
         await call.write(discovery_pb2.StreamSnapshotsRequest(hello=self.hello))
+        if self.hello.inbound_address:
+            # As a sidecar does once its app answers its health check: only then is it an endpoint.
+            await call.write(
+                discovery_pb2.StreamSnapshotsRequest(health=discovery_pb2.HealthReport(serving=True))
+            )
         while True:
             response = await call.read()
             if response is grpc.aio.EOF:

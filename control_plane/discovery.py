@@ -1,17 +1,28 @@
 """The discovery service: one bidirectional stream per sidecar, snapshots out, Acks/Nacks in.
 
-A stream opens with the sidecar's Hello (anything else is INVALID_ARGUMENT); the sidecar is
-registered and gets its first snapshot at once (once the warm-up is over, see below). After
-that, one background task waits for a change — `notify_changed()` after a store write, or a
-registry change (an endpoint came, left or changed health; a disconnected endpoint's grace ran
-out) — lets further changes gather for the debounce interval, then rebuilds every connected
-sidecar's snapshot and sends it only to the sidecars whose content changed. Those whose content
-did not change but had acknowledged it are recorded as having applied the new store revision
-too, which is what `wait_for_revision` (for `meshctl apply --wait`) waits for.
+A stream opens with the sidecar's Hello (anything else, or a bad field, is INVALID_ARGUMENT; no
+Hello within `hello_timeout` is DEADLINE_EXCEEDED; a node id connected on another stream with a
+different registration is ALREADY_EXISTS); the sidecar is registered and gets its first snapshot
+at once (once the warm-up is over, see below). After that, one background task waits for a
+change — `notify_changed()` after a store write, or a registry change (an endpoint came, left or
+changed health; a disconnected endpoint's grace ran out) — lets further changes gather for the
+debounce interval, reads the store once (in a worker thread: SQLite never blocks the loop), then
+rebuilds every connected sidecar's snapshot from that one revision and sends it only to the
+sidecars whose content changed. Those whose content did not change but had acknowledged it are
+recorded as having applied the new store revision too, which is what `wait_for_revision` (for
+`meshctl apply --wait`) waits for. A pass that fails (the store unreadable, say) loses nothing:
+the change stays pending and the pass is retried after a short backoff.
 
 Each stream has an outbox; its handler writes what is queued, the newest winning when several
-snapshots queued up behind a slow stream. When the stream ends the sidecar is marked
-disconnected; its endpoint leaves the other sidecars' snapshots after the registry's grace.
+snapshots queued up behind a slow stream. It remembers the last versions it actually wrote, and
+an Ack or Nack of any other version is logged and ignored. When the stream ends the sidecar is
+marked disconnected; its endpoint leaves the other sidecars' snapshots after the registry's
+grace. gRPC keepalive (`ServerKeepalive`, both ways) makes a stream whose peer vanished without
+closing the connection end too.
+
+Discovery is unauthenticated until sidecars present their identity (issue 4): whoever reaches
+the port can register endpoints. The control plane's gRPC port (15010) must not be exposed
+beyond the hosts that run sidecars.
 
 Warm-up: the registry lives in memory, so a control plane that just (re)started knows no
 endpoints. For `warmup` seconds after start it registers the sidecars that reconnect but sends
@@ -26,15 +37,16 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
 import grpc
 from mesh.v1 import discovery_pb2, discovery_pb2_grpc
 
-from control_plane.registry import Clock, InvalidHello, Registration, Registry, SidecarRecord
+from control_plane.registry import Clock, InvalidHello, NodeIdInUse, Registration, Registry, SidecarRecord
 from control_plane.resources import Store
-from control_plane.snapshots import SnapshotBuilder, version_hash
+from control_plane.snapshots import Resources, SnapshotBuilder, version_hash
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +55,42 @@ DEFAULT_DEBOUNCE = 0.03
 # within their reconnect backoff (at most 2 s, +20% jitter), and until they have, the registry
 # lacks their endpoints — a snapshot sent then would drop live endpoints from their callers.
 DEFAULT_WARMUP = 3.0
+# After a failed push pass: retry after this, doubling up to the maximum, until one succeeds.
+RETRY_INITIAL = 0.05
+RETRY_MAXIMUM = 2.0
+# How many of the versions written to a stream are remembered for its Acks and Nacks. The
+# outbox keeps only the newest, so a sidecar has at most a couple unanswered at any time.
+WRITTEN_VERSIONS = 16
+
+
+def _ms(seconds: float) -> int:
+    return max(1, round(seconds * 1000))
+
+
+@dataclass(frozen=True, slots=True)
+class ServerKeepalive:
+    """gRPC keepalive on the control plane's server. It pings a sidecar whose connection has been
+    silent for `time` and drops the connection when the ping is not answered within `timeout`, so a
+    sidecar that vanished without closing it (a dead host, a dropped path) is disconnected and its
+    endpoint leaves after the grace. It accepts the sidecars' own pings as often as every
+    `min_client_ping_interval` (sidecars ping every 10 s; see `sidecar.discovery.Keepalive`):
+    pinging more often than the server allows gets a connection closed ("too many pings")."""
+
+    time: float = 10.0
+    timeout: float = 5.0
+    min_client_ping_interval: float = 5.0
+
+    def server_options(self) -> list[tuple[str, int]]:
+        return [
+            ("grpc.keepalive_time_ms", _ms(self.time)),
+            ("grpc.keepalive_timeout_ms", _ms(self.timeout)),
+            # grpcio (1.85) times an unanswered keepalive ping out after the ping timeout
+            # (default 60 s), not the keepalive timeout: both are set.
+            ("grpc.http2.ping_timeout_ms", _ms(self.timeout)),
+            ("grpc.keepalive_permit_without_calls", 1),
+            ("grpc.http2.min_ping_interval_without_data_ms", _ms(self.min_client_ping_interval)),
+            ("grpc.http2.max_pings_without_data", 0),  # a discovery stream is mostly silent
+        ]
 
 
 @dataclass(eq=False)
@@ -51,9 +99,18 @@ class _Session:
     session: int
     outbox: asyncio.Queue[discovery_pb2.Snapshot | None] = field(default_factory=asyncio.Queue)
     sent_hash: str = ""  # content hash of the last snapshot queued for this stream
+    queued_revision: int = 0  # store revision of the last snapshot queued
+    # version → store revision of the last snapshots written to the stream (Acks must name one)
+    written: OrderedDict[str, int] = field(default_factory=OrderedDict)
 
     def close(self) -> None:
         self.outbox.put_nowait(None)
+
+    def wrote(self, snapshot: discovery_pb2.Snapshot) -> None:
+        self.written[snapshot.version] = snapshot.store_revision
+        self.written.move_to_end(snapshot.version)
+        while len(self.written) > WRITTEN_VERSIONS:
+            self.written.popitem(last=False)
 
 
 async def _abort(context: grpc.aio.ServicerContext, code: grpc.StatusCode, details: str) -> NoReturn:
@@ -89,6 +146,8 @@ class DiscoveryServicer(discovery_pb2_grpc.DiscoveryServiceServicer):  # type: i
         debounce: float = DEFAULT_DEBOUNCE,
         warmup: float = DEFAULT_WARMUP,
         hello_timeout: float = 10.0,
+        retry_initial: float = RETRY_INITIAL,
+        retry_maximum: float = RETRY_MAXIMUM,
         clock: Clock = time.monotonic,
     ) -> None:
         self.store = store
@@ -97,6 +156,8 @@ class DiscoveryServicer(discovery_pb2_grpc.DiscoveryServiceServicer):  # type: i
         self.debounce = debounce
         self.warmup = warmup
         self.hello_timeout = hello_timeout
+        self.retry_initial = retry_initial
+        self.retry_maximum = retry_maximum
         self._warm_until: float | None = None  # on the registry's clock
         self._sessions: dict[str, _Session] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -107,6 +168,7 @@ class DiscoveryServicer(discovery_pb2_grpc.DiscoveryServiceServicer):  # type: i
         self._stopped = False
         self._unsubscribe = self.registry.subscribe(self._on_registry_change)
         self.pushes = 0  # snapshots queued after the first one of a stream (for tests and metrics)
+        self.failed_passes = 0  # push passes that raised (each one is retried)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -197,7 +259,9 @@ class DiscoveryServicer(discovery_pb2_grpc.DiscoveryServiceServicer):  # type: i
         try:
             first = await asyncio.wait_for(context.read(), self.hello_timeout)
         except TimeoutError:
-            await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, "no hello within the timeout")
+            await _abort(
+                context, grpc.StatusCode.DEADLINE_EXCEEDED, f"no hello within {self.hello_timeout:g}s"
+            )
         if first is grpc.aio.EOF:
             return
         kind = first.WhichOneof("message")
@@ -209,22 +273,26 @@ class DiscoveryServicer(discovery_pb2_grpc.DiscoveryServiceServicer):  # type: i
             record = self.registry.register(registration_of(first.hello))
         except InvalidHello as exc:
             await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        except NodeIdInUse as exc:
+            log.warning("refused a hello: %s", exc)
+            await _abort(context, grpc.StatusCode.ALREADY_EXISTS, str(exc))
         node_id = record.node_id
         session = _Session(node_id, record.session)
         previous = self._sessions.get(node_id)
         if previous is not None:
             previous.close()  # the same sidecar on a new stream: the old one ends
         self._sessions[node_id] = session
-        if not self.warming:
-            self._queue(session, record, self.builder.build(record, self.registry, self.store))
         reader = asyncio.get_running_loop().create_task(self._read(context, session))
         try:
+            if not self.warming:
+                await self._send_first(session)
             while True:
                 snapshot = await session.outbox.get()
                 while snapshot is not None and not session.outbox.empty():
                     snapshot = session.outbox.get_nowait()  # a newer one supersedes it
                 if snapshot is None:
                     break
+                session.wrote(snapshot)
                 await context.write(discovery_pb2.StreamSnapshotsResponse(snapshot=snapshot))
         finally:
             reader.cancel()
@@ -237,6 +305,20 @@ class DiscoveryServicer(discovery_pb2_grpc.DiscoveryServiceServicer):  # type: i
             if self._wake is not None:
                 self._wake.set()  # the push loop re-arms its grace timer
 
+    async def _send_first(self, session: _Session) -> None:
+        """Queue a new stream's first snapshot (the store read in a worker thread)."""
+        try:
+            resources = await asyncio.to_thread(self.builder.load, self.store)
+        except Exception:
+            if self._stopped:
+                return
+            log.exception("reading the store for %s's first snapshot failed; retrying", session.node_id)
+            self._mark_dirty()  # the push loop sends it (a session that was sent nothing differs)
+            return
+        record = self._current(session)
+        if record is not None:
+            self._offer(session, record, resources)
+
     async def _read(self, context: grpc.aio.ServicerContext, session: _Session) -> None:
         node_id = session.node_id
         try:
@@ -248,15 +330,21 @@ class DiscoveryServicer(discovery_pb2_grpc.DiscoveryServiceServicer):  # type: i
                     break
                 kind = request.WhichOneof("message")
                 if kind == "ack":
-                    self.registry.ack(node_id, request.ack.version)
+                    version = request.ack.version
+                    revision = session.written.get(version)
+                    if revision is None:
+                        log.warning("sidecar %s acked %r, which it was not sent; ignored", node_id, version)
+                    else:
+                        self.registry.ack(node_id, version, revision)
                 elif kind == "nack":
-                    self.registry.nack(node_id, request.nack.version, request.nack.reason)
-                    log.warning(
-                        "sidecar %s refused snapshot %s: %s",
-                        node_id,
-                        request.nack.version,
-                        request.nack.reason,
-                    )
+                    version = request.nack.version
+                    if version not in session.written:
+                        log.warning("sidecar %s nacked %r, which it was not sent; ignored", node_id, version)
+                    else:
+                        self.registry.nack(node_id, version, request.nack.reason)
+                        log.warning(
+                            "sidecar %s refused snapshot %s: %s", node_id, version, request.nack.reason
+                        )
                 elif kind == "health":
                     self.registry.set_serving(node_id, request.health.serving)
                 elif kind == "hello":
@@ -268,20 +356,44 @@ class DiscoveryServicer(discovery_pb2_grpc.DiscoveryServiceServicer):  # type: i
         finally:
             session.close()
 
-    def _queue(self, session: _Session, record: SidecarRecord, snapshot: discovery_pb2.Snapshot) -> None:
+    def _current(self, session: _Session) -> SidecarRecord | None:
+        """The session's record, if the session is still the sidecar's live stream."""
+        record = self.registry.get(session.node_id)
+        if record is None or record.session != session.session or not record.connected:
+            return None
+        if self._sessions.get(session.node_id) is not session:
+            return None
+        return record
+
+    def _offer(self, session: _Session, record: SidecarRecord, resources: Resources) -> bool:
+        """Build the sidecar's snapshot from `resources` and queue it if its content changed;
+        True if queued. Never queues a snapshot older than one already queued (a new stream's
+        first read and a push pass can overlap)."""
+        if resources.revision < session.queued_revision:
+            return False
+        snapshot = self.builder.build(record, self.registry, resources)
+        if version_hash(snapshot.version) == session.sent_hash:
+            self.registry.still_current(record.node_id, snapshot.store_revision)
+            return False
         session.sent_hash = version_hash(snapshot.version)
+        session.queued_revision = snapshot.store_revision
         self.registry.sent(record.node_id, snapshot.version, snapshot.store_revision)
         session.outbox.put_nowait(snapshot)
+        return True
 
     # ------------------------------------------------------------------ the push loop
 
     async def _push_loop(self) -> None:
         wake = self._wake
         assert wake is not None
+        failures = 0
+        retry_at: float | None = None  # after a failed pass, not before this (registry clock)
         while True:
             # Sleep until a change, or until a disconnected endpoint's grace runs out (a stream's
-            # end wakes the loop too, to set that timer).
-            deadlines = [d for d in (self.registry.next_deadline(), self._warm_until) if d is not None]
+            # end wakes the loop too, to set that timer), the warm-up ends or a retry is due.
+            deadlines = [
+                d for d in (self.registry.next_deadline(), self._warm_until, retry_at) if d is not None
+            ]
             timeout = max(0.0, min(deadlines) - self.registry.clock()) if deadlines else None
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(wake.wait(), timeout)
@@ -289,28 +401,36 @@ class DiscoveryServicer(discovery_pb2_grpc.DiscoveryServiceServicer):  # type: i
             self.registry.expire()  # marks us dirty if an endpoint's grace ran out
             if self.warming or not self._dirty:
                 continue
+            if retry_at is not None and self.registry.clock() < retry_at:
+                continue
+            retry_at = None
             await asyncio.sleep(self.debounce)  # let a burst of changes become one push
             try:
-                self.push_all()
-            except Exception:
-                log.exception("rebuilding snapshots failed; will retry on the next change")
+                await self.push_all()
+            except Exception as exc:
+                failures += 1
+                self.failed_passes += 1
+                delay = min(self.retry_maximum, self.retry_initial * 2 ** min(failures - 1, 30))
+                message = "rebuilding snapshots failed (%d in a row); retrying in %.2fs: %s"
+                # The traceback once; while the cause lasts (a store that stays unreadable), a line.
+                log.log(logging.ERROR, message, failures, delay, exc, exc_info=failures == 1)
+                self._dirty = True  # the change is still to be pushed
+                retry_at = self.registry.clock() + delay
+            else:
+                failures = 0
 
-    def push_all(self) -> int:
-        """Rebuild every connected sidecar's snapshot and queue those that changed; returns how
-        many were queued. (The push loop calls this; tests may too.)"""
+    async def push_all(self) -> int:
+        """Read the store once (in a worker thread), rebuild every connected sidecar's snapshot
+        from that revision and queue those that changed; returns how many were queued. Raises
+        when the store cannot be read (the push loop retries). (Tests may call this too.)"""
         self.registry.expire()
         self._dirty = False  # this pass includes every change so far
+        resources = await asyncio.to_thread(self.builder.load, self.store)
         queued = 0
-        for node_id, session in list(self._sessions.items()):
-            record = self.registry.get(node_id)
-            if record is None or record.session != session.session or not record.connected:
-                continue
-            snapshot = self.builder.build(record, self.registry, self.store)
-            if version_hash(snapshot.version) == session.sent_hash:
-                self.registry.still_current(node_id, snapshot.store_revision)
-                continue
-            self._queue(session, record, snapshot)
-            queued += 1
+        for session in list(self._sessions.values()):
+            record = self._current(session)
+            if record is not None and self._offer(session, record, resources):
+                queued += 1
         self.pushes += queued
         self._progress()
         return queued

@@ -4,7 +4,15 @@ A sidecar registers over its discovery stream (its Hello) and stays registered w
 is open. Its instance is an *endpoint* of its service while it has an inbound address, reports
 its app as serving, and is connected — or was disconnected less than `grace` seconds ago, so a
 sidecar that reconnects after a blip (or a control-plane restart) does not make its endpoint
-flap out of every other sidecar's snapshot.
+flap out of every other sidecar's snapshot. A new instance is not serving until its sidecar
+reports the app's first health answer; a reconnect (the same registration) keeps what it was.
+
+A Hello is checked with `sidecar.wire_checks`, the very checks a sidecar applies to a snapshot,
+so what the registry accepts can never make a sidecar Nack. For the same reason two instances
+claiming one inbound address (a sidecar killed -9 and restarted on the same port under a new
+node id, while the old record is within its grace) give one endpoint: the connected one, else
+the newest. A node id connected on a live stream cannot be taken over by a different
+registration (`NodeIdInUse`); the same registration again is a reconnect and takes over.
 
 The registry is plain synchronous state, used from the control plane's event loop. Changes that
 can alter what other sidecars are pushed (an endpoint appearing, leaving, or changing) bump
@@ -15,11 +23,16 @@ injected monotonic clock (grace) and wall clock (`last_seen`, for operators).
 from __future__ import annotations
 
 import enum
-import ipaddress
+import logging
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
+
+from sidecar import wire_checks
+from sidecar.wire_checks import CheckFailed
+
+log = logging.getLogger(__name__)
 
 Clock = Callable[[], float]
 WallClock = Callable[[], datetime]
@@ -44,6 +57,11 @@ class InvalidHello(ValueError):
         self.reason = reason
 
 
+class NodeIdInUse(Exception):
+    """A Hello for a node id that is connected on another live stream with a different
+    registration: two sidecars claim one node id (the discovery service answers ALREADY_EXISTS)."""
+
+
 @dataclass(frozen=True, slots=True)
 class Registration:
     """What a sidecar says about itself when it connects (the Hello, typed)."""
@@ -59,43 +77,25 @@ class Registration:
     admin_address: str = ""
 
     def validate(self) -> Registration:
-        """Return self, or raise InvalidHello naming the first bad field."""
-        _name(self.node_id, "node_id", extra=":@/~")
-        _name(self.service, "service")
-        _name(self.namespace, "namespace")
-        if self.inbound_address:
-            _address(self.inbound_address, "inbound_address")
-        if self.admin_address:
-            _address(self.admin_address, "admin_address")
-        if self.identity and not self.identity.startswith("spiffe://"):
-            raise InvalidHello("identity", f"expected a spiffe:// ID, got {self.identity!r}")
-        for i, name in enumerate(self.grpc_services):
-            if not name or "/" in name or " " in name:
-                raise InvalidHello(f"grpc_services[{i}]", f"expected a gRPC service name, got {name!r}")
-        for i, dep in enumerate(self.dependencies):
-            _name(dep, f"dependencies[{i}]")
-        return self
-
-
-def _name(value: str, field_name: str, extra: str = "") -> None:
-    if not value:
-        raise InvalidHello(field_name, "required")
-    if not all(c.isalnum() or c in "-_." + extra for c in value):
-        raise InvalidHello(field_name, f"expected a name (letters, digits, '-', '_', '.'), got {value!r}")
-
-
-def _address(value: str, field_name: str) -> None:
-    host, sep, port = value.rpartition(":")
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
+        """Return self, or raise InvalidHello naming the first bad field (`sidecar.wire_checks`,
+        the checks a sidecar applies to what it is sent)."""
         try:
-            ipaddress.IPv6Address(host)
-        except ValueError:
-            raise InvalidHello(field_name, f"bad IPv6 address in {value!r}") from None
-    if not sep or not host or (":" in host and not value.startswith("[")):
-        raise InvalidHello(field_name, f"expected 'host:port', got {value!r}")
-    if not port.isdigit() or not 0 < int(port) <= 65535:
-        raise InvalidHello(field_name, f"port must be 1..65535, got {port!r}")
+            wire_checks.check_name(self.node_id, "node_id", extra=":@/~")
+            wire_checks.check_name(self.service, "service")
+            wire_checks.check_name(self.namespace, "namespace")
+            wire_checks.check_labels(self.labels, "labels")
+            if self.inbound_address:
+                wire_checks.check_address(self.inbound_address, "inbound_address")
+            if self.admin_address:
+                wire_checks.check_address(self.admin_address, "admin_address")
+            wire_checks.check_identity(self.identity, "identity")
+            for i, name in enumerate(self.grpc_services):
+                wire_checks.check_grpc_service(name, f"grpc_services[{i}]")
+            for i, dep in enumerate(self.dependencies):
+                wire_checks.check_name(dep, f"dependencies[{i}]")
+        except CheckFailed as exc:
+            raise InvalidHello(exc.path, exc.reason) from None
+        return self
 
 
 @dataclass(slots=True)
@@ -209,16 +209,33 @@ class Registry:
     # ------------------------------------------------------------------ sidecar lifecycle
 
     def register(self, registration: Registration) -> SidecarRecord:
-        """A sidecar's stream opened (a reconnect replaces its old record). Raises InvalidHello."""
+        """A sidecar's stream opened (a reconnect replaces its old record). Raises InvalidHello,
+        or NodeIdInUse when the node id is connected with a different registration."""
         registration.validate()
+        old = self._records.get(registration.node_id)
+        if old is not None and old.connected and old.registration != registration:
+            raise NodeIdInUse(
+                f"node_id {registration.node_id!r} is connected on another stream with a different "
+                "registration; node ids must be unique per sidecar"
+            )
         self._sessions += 1
         now = self.clock()
-        record = SidecarRecord(registration, self._sessions, connected_at=now, last_seen=self._wall())
-        old = self._records.get(registration.node_id)
+        record = SidecarRecord(
+            registration,
+            self._sessions,
+            # An endpoint serves calls once its app said so (the sidecar reports its first
+            # grpc.health answer right after the Hello); a client-only sidecar has nothing to serve.
+            serving=not _is_endpoint(registration),
+            connected_at=now,
+            last_seen=self._wall(),
+        )
         if old is not None and old.registration == registration:
-            # The same sidecar again (a reconnect): what it applied is still applied.
+            # The same sidecar again (a reconnect): what it applied is still applied, and its
+            # app's health is what it was until it reports otherwise.
             record.applied_version = old.applied_version
             record.applied_revision = old.applied_revision
+            record.serving = old.serving
+        self._warn_about_conflicts(registration)
         self._records[registration.node_id] = record
         self._expired.discard(registration.node_id)
         if _is_endpoint(registration) or (old is not None and _is_endpoint(old.registration)):
@@ -233,9 +250,23 @@ class Registry:
         record.connected = False
         record.disconnected_at = self.clock()
         record.last_seen = self._wall()
-        if self.grace == 0 and _is_endpoint(record.registration):
+        if not _is_endpoint(record.registration):
+            return
+        if self.grace == 0:
             self._expired.add(node_id)
             self._changed()
+        elif self._shares_address(record):
+            self._changed()  # a connected instance on the same address becomes the endpoint
+
+    def _shares_address(self, record: SidecarRecord) -> bool:
+        key = _address_key(record.inbound_address)
+        return any(
+            other is not record
+            and _is_endpoint(other.registration)
+            and self.is_live(other)
+            and _address_key(other.inbound_address) == key
+            for other in self._records.values()
+        )
 
     def set_serving(self, node_id: str, serving: bool) -> None:
         """The sidecar's local app health changed (grpc.health.v1, as the sidecar reports it)."""
@@ -263,18 +294,20 @@ class Registry:
         if record.state is AckState.ACK and record.applied_version == record.sent_version:
             record.applied_revision = max(record.applied_revision, revision)
 
-    def ack(self, node_id: str, version: str) -> None:
+    def ack(self, node_id: str, version: str, revision: int) -> None:
+        """The sidecar applied `version`, built from store `revision`. The caller (the discovery
+        stream) passes only versions it actually sent this sidecar, with their revision."""
         record = self._records.get(node_id)
         if record is None:
             return
         record.last_seen = self._wall()
         record.applied_version = version
         if version == record.sent_version:
-            record.applied_revision = record.sent_revision
+            record.applied_revision = max(record.sent_revision, revision)
             record.state = AckState.ACK
             record.nack_reason = ""
         else:  # an answer to an earlier push; the latest is still pending
-            record.applied_revision = max(record.applied_revision, _revision_of(version))
+            record.applied_revision = max(record.applied_revision, revision)
 
     def nack(self, node_id: str, version: str, reason: str) -> None:
         """The sidecar refused `version`; it keeps serving on the one it applied last."""
@@ -360,11 +393,22 @@ class Registry:
     def services(self) -> dict[str, ServiceInfo]:
         """Every service with a live instance that has an inbound address, with its serving
         endpoints (possibly none: a service whose instances all report unhealthy is still known,
-        so calls to it fail as "no endpoints" rather than "no route")."""
+        so calls to it fail as "no endpoints" rather than "no route").
+
+        One endpoint per address: when several live instances claim the same inbound address
+        (a sidecar restarted on its port under a new node id while the old record is within its
+        grace), only the connected one — else the newest — is an endpoint. A sidecar refuses a
+        snapshot listing an address twice, and only one process can listen there anyway."""
         grouped: dict[str, list[SidecarRecord]] = {}
+        holders: dict[tuple[str, int], SidecarRecord] = {}
         for record in self._records.values():
             if _is_endpoint(record.registration) and self.is_live(record):
                 grouped.setdefault(record.service, []).append(record)
+                key = _address_key(record.inbound_address)
+                best = holders.get(key)
+                if best is None or (record.connected, record.session) > (best.connected, best.session):
+                    holders[key] = record
+        holding = {r.node_id for r in holders.values()}
         services = {}
         for name in sorted(grouped):
             records = grouped[name]
@@ -372,7 +416,7 @@ class Registry:
                 (
                     EndpointInfo(r.inbound_address, dict(r.labels), r.identity, r.node_id)
                     for r in records
-                    if r.serving
+                    if r.serving and r.node_id in holding
                 ),
                 key=lambda e: (e.address, e.node_id),
             )
@@ -383,6 +427,34 @@ class Registry:
                 tuple(endpoints),
             )
         return services
+
+    def _warn_about_conflicts(self, registration: Registration) -> None:
+        """Log what a new registration shares with other live instances: its inbound address
+        (only one of them is an endpoint), or a gRPC service of another service (sidecars do not
+        route that one by :path; callers must name the service in :authority)."""
+        address = _address_key(registration.inbound_address) if registration.inbound_address else None
+        for other in self._records.values():
+            if other.node_id == registration.node_id or not self.is_live(other):
+                continue
+            same_address = address is not None and _address_key(other.inbound_address) == address
+            if same_address and _is_endpoint(other.registration):
+                log.warning(
+                    "sidecar %s claims inbound address %s of sidecar %s (%s); the newest connected "
+                    "one is the endpoint",
+                    registration.node_id,
+                    registration.inbound_address,
+                    other.node_id,
+                    "connected" if other.connected else "disconnected, within its grace",
+                )
+            shared = sorted(set(registration.grpc_services) & set(other.grpc_services))
+            if shared and other.service != registration.service and _is_endpoint(other.registration):
+                log.warning(
+                    "services %s and %s both serve %s: sidecars route it only when the caller names "
+                    "the service in :authority",
+                    other.service,
+                    registration.service,
+                    ", ".join(shared),
+                )
 
 
 def _is_endpoint(registration: Registration) -> bool:
@@ -396,6 +468,9 @@ def _most_common(values: Iterable[str]) -> str:
     return min(counts, key=lambda v: (-counts[v], v))
 
 
-def _revision_of(version: str) -> int:
-    prefix = version.partition("-")[0]
-    return int(prefix) if prefix.isdigit() else 0
+def _address_key(address: str) -> tuple[str, int]:
+    """What makes two inbound addresses the same endpoint: the (host, port) a sidecar parses."""
+    try:
+        return wire_checks.check_address(address, "inbound_address")
+    except CheckFailed:  # registered addresses always parse; this keeps a read from raising
+        return (address, 0)

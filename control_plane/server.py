@@ -27,7 +27,7 @@ from mesh.v1 import discovery_pb2, discovery_pb2_grpc
 
 from control_plane import grpc_api, rest
 from control_plane.auth import Clock, TokenVerifier, load_or_create_signing_key, utc_now
-from control_plane.discovery import DEFAULT_DEBOUNCE, DEFAULT_WARMUP, DiscoveryServicer
+from control_plane.discovery import DEFAULT_DEBOUNCE, DEFAULT_WARMUP, DiscoveryServicer, ServerKeepalive
 from control_plane.policy_service import PolicyService
 from control_plane.sqlite_store import STORE_FILE, SqliteStore
 
@@ -70,6 +70,7 @@ class ControlPlane:
         debounce: float = DEFAULT_DEBOUNCE,
         warmup: float = DEFAULT_WARMUP,
         max_body_bytes: int = rest.MAX_BODY_BYTES,
+        keepalive: ServerKeepalive | None = None,
         clock: Clock = utc_now,
     ) -> None:
         self.data_dir = data_dir
@@ -78,6 +79,7 @@ class ControlPlane:
         self._debounce = debounce
         self._warmup = warmup
         self._max_body = max_body_bytes
+        self._keepalive = keepalive if keepalive is not None else ServerKeepalive()
         self._clock = clock
         self._cleanups: list[Callable[[], Any]] = []
         self._grpc: Any = None
@@ -107,6 +109,9 @@ class ControlPlane:
                 # Without SO_REUSEPORT a second control plane on a taken port fails instead of sharing it.
                 ("grpc.so_reuseport", 0),
                 ("grpc.max_receive_message_length", self._max_body),
+                # Keepalive both ways on the sidecars' discovery streams: a sidecar that vanished
+                # without closing its connection is noticed, and the sidecars' own pings are allowed.
+                *self._keepalive.server_options(),
             ],
         )
         self._grpc = server

@@ -19,6 +19,11 @@ Host names: a service is named by its short name (`users`); a host written as a 
 (`users.default.svc.cluster.local`) matches by its first label, as the sidecar's router does.
 Service names are mesh-wide for now: two namespaces with a service of the same name share it.
 
+Reading the store: `SnapshotBuilder.load(store)` reads the revision, and the resources when the
+revision moved (SQLite: blocking, so the discovery service calls it in a worker thread, once per
+push pass and once per new stream); `build(record, registry, resources)` is pure CPU on the event
+loop, so one push pass builds every sidecar's snapshot from the same revision.
+
 Versions: `"<store revision>-<first 12 hex digits of sha256(content)>"`, where the content is the
 snapshot's deterministic serialization with `version` and `store_revision` cleared. Two builds
 with the same content have the same `content_hash`; the discovery service pushes only when that
@@ -28,6 +33,7 @@ changes, so a store change that does not concern a sidecar sends it nothing.
 from __future__ import annotations
 
 import hashlib
+import threading
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -37,6 +43,7 @@ from mesh.v1 import discovery_pb2, resources_pb2
 
 from control_plane.registry import Registration, Registry, ServiceInfo, SidecarRecord
 from control_plane.resources import Resource, ResourceKey, Store
+from sidecar.wire_checks import is_name
 
 MESH_NAMESPACE = "mesh-system"  # policies here apply to every namespace
 OUTBOUND_KINDS = ("VirtualService", "DestinationRule")
@@ -61,7 +68,9 @@ def version_hash(version: str) -> str:
 
 
 @dataclass(frozen=True, slots=True)
-class _Resources:
+class Resources:
+    """The store's policy resources at one revision, indexed for building snapshots."""
+
     revision: int
     by_key: Mapping[ResourceKey, Resource]
     by_host: Mapping[str, tuple[ResourceKey, ...]]  # outbound kinds, by the short hosts they name
@@ -71,17 +80,19 @@ class _Resources:
 
 class SnapshotBuilder:
     """Builds snapshots; caches the store's resources per revision and the registry's services
-    per generation, so building for every sidecar after a change reads the store once."""
+    per generation. `load` may run in a worker thread (it only touches the resources cache, under
+    a lock); `build` runs on the event loop, beside the registry."""
 
     def __init__(self) -> None:
-        self._resources: _Resources | None = None
+        self._resources: Resources | None = None
+        self._lock = threading.Lock()
         self._services: tuple[Registry, int, dict[str, ServiceInfo]] | None = None
 
     def build(
-        self, record: SidecarRecord | Registration, registry: Registry, store: Store
+        self, record: SidecarRecord | Registration, registry: Registry, resources: Resources
     ) -> discovery_pb2.Snapshot:
+        """The snapshot of one sidecar, from `resources` (see `load`) and the registry as it is."""
         registration = record.registration if isinstance(record, SidecarRecord) else record
-        resources = self._load(store)
         services = self._services_of(registry)
         names = set(registration.dependencies) if registration.dependencies else set(services)
         policies: set[ResourceKey] = set()
@@ -116,7 +127,12 @@ class SnapshotBuilder:
         snapshot.version = f"{resources.revision}-{content_hash(snapshot)}"
         return snapshot
 
-    def _load(self, store: Store) -> _Resources:
+    def load(self, store: Store) -> Resources:
+        """Read the store's revision, and its resources when the revision moved. Blocking."""
+        with self._lock:
+            return self._load(store)
+
+    def _load(self, store: Store) -> Resources:
         # The revision first: a write landing between the two reads makes the content newer than
         # the revision claims, never older (so "applied revision N" is never an overstatement).
         revision = store.revision()
@@ -134,7 +150,7 @@ class SnapshotBuilder:
             else:
                 continue
             by_key[resource.key] = resource
-        self._resources = _Resources(
+        self._resources = Resources(
             revision,
             by_key,
             {h: tuple(keys) for h, keys in by_host.items()},
@@ -178,7 +194,7 @@ def _hosts(resource: Resource) -> set[str]:
     """The services an outbound policy is about."""
     spec = resource.spec
     raw = _strings(spec.get("hosts")) if resource.key.kind == "VirtualService" else _strings(spec.get("host"))
-    return {short_host(h) for h in raw if h}
+    return {short_host(h) for h in raw if is_name(short_host(h))}
 
 
 def _route_hosts(resource: Resource) -> Iterable[str]:
@@ -194,11 +210,12 @@ def _route_hosts(resource: Resource) -> Iterable[str]:
         for route in routes if isinstance(routes, list) else ():
             destination = route.get("destination") if isinstance(route, dict) else None
             if isinstance(destination, dict):
-                hosts.update(short_host(h) for h in _strings(destination.get("host")) if h)
+                hosts.update(short_host(h) for h in _strings(destination.get("host")))
         mirror = rule.get("mirror")
         if isinstance(mirror, dict):
-            hosts.update(short_host(h) for h in _strings(mirror.get("host")) if h)
-    return sorted(hosts)
+            hosts.update(short_host(h) for h in _strings(mirror.get("host")))
+    # Only names a sidecar accepts as a service name (the policy API validates hosts already).
+    return sorted(h for h in hosts if is_name(h))
 
 
 def _applies_inbound(resource: Resource, registration: Registration) -> bool:

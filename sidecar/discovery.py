@@ -5,7 +5,18 @@ a Hello, and for every snapshot: converts and validates it (`from_proto`), hands
 sidecar (which swaps its snapshot atomically) and Acks — or Nacks with a reason naming the field,
 and the sidecar keeps serving on its last good snapshot. When the stream fails or the control
 plane is away it reconnects with jittered exponential backoff, and the last good snapshot stays
-in force the whole time.
+in force the whole time. gRPC keepalive (`Keepalive`) notices a control plane that vanished
+without closing the connection.
+
+`from_proto` checks names, labels, addresses and identities with `sidecar.wire_checks`, the checks
+the control plane applies to every Hello, so nothing a sidecar registered can make another Nack.
+A gRPC service that several services serve is not an error: each service keeps it in its
+`grpc_services`, and the router, seeing it under several services, does not route it by :path
+(the caller names the service in :authority); `Discovered.ambiguous_grpc_services` lists them.
+
+With an inbound listener, the sidecar reports its app's health (`report_health`, fed by the
+`AppHealthWatcher`) right after every Hello once it knows it: the control plane counts a new
+instance as serving only from that report on.
 
 grpc.aio runs on the sidecar's own event loop, uvloop included: the client is a few coroutines
 beside the relay, nothing crosses threads. (Measured: a Hello/snapshot round trip over loopback
@@ -19,13 +30,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import logging
 import os
 import random
 import socket
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeAlias
 
@@ -34,8 +44,10 @@ from google.protobuf import json_format
 from mesh.v1 import discovery_pb2, discovery_pb2_grpc
 
 from control_plane.resources import KINDS
-from control_plane.spiffe import SpiffeId, spiffe_id_of
-from sidecar.config import Address, ConfigError, Endpoint, Policy, ServiceEntry, SidecarConfig
+from control_plane.spiffe import spiffe_id_of
+from sidecar import wire_checks
+from sidecar.config import Address, Endpoint, Policy, ServiceEntry, SidecarConfig
+from sidecar.wire_checks import CheckFailed
 
 log = logging.getLogger(__name__)
 
@@ -59,55 +71,26 @@ class Discovered:
     store_revision: int
     services: dict[str, ServiceEntry]
     policies: tuple[Policy, ...]
+    # gRPC services that several services serve (→ those services, sorted): not routed by :path
+    ambiguous_grpc_services: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
 
 # ---------------------------------------------------------------------------- from_proto
 
 
-def _check_name(value: str, path: str) -> None:
-    if not value or not all(c.isalnum() or c in "-_." for c in value):
-        raise SnapshotRejected(path, f"expected a name (letters, digits, '-', '_', '.'), got {value!r}")
-
-
-def _check_host(host: str, path: str, raw: str) -> None:
-    try:
-        ipaddress.ip_address(host)
-        return
-    except ValueError:
-        pass
-    labels = host.split(".")
-    if not all(
-        label and len(label) <= 63 and all(c.isalnum() or c == "-" for c in label) for label in labels
-    ):
-        raise SnapshotRejected(path, f"bad host in {raw!r}")
-
-
 def _endpoint(message: discovery_pb2.Endpoint, path: str) -> Endpoint:
-    try:
-        address = Address.parse(message.address, f"{path}.address")
-    except ConfigError as exc:
-        raise SnapshotRejected(exc.path, exc.reason) from None
-    _check_host(address.host, f"{path}.address", message.address)
-    if address.port == 0:
-        raise SnapshotRejected(f"{path}.address", f"port 0 is not a real port in {message.address!r}")
-    if message.identity:
-        try:
-            SpiffeId.parse(message.identity)
-        except ValueError as exc:
-            raise SnapshotRejected(f"{path}.identity", str(exc)) from None
-    for key in message.labels:
-        if not key:
-            raise SnapshotRejected(f"{path}.labels", "empty label name")
-    return Endpoint(address, dict(message.labels), message.identity)
+    host, port = wire_checks.check_address(message.address, f"{path}.address")
+    wire_checks.check_identity(message.identity, f"{path}.identity")
+    wire_checks.check_labels(message.labels, f"{path}.labels")
+    return Endpoint(Address(host, port), dict(message.labels), message.identity)
 
 
 def _service(message: discovery_pb2.Service, path: str) -> ServiceEntry:
-    _check_name(message.name, f"{path}.name")
+    wire_checks.check_name(message.name, f"{path}.name")
     if message.namespace:
-        _check_name(message.namespace, f"{path}.namespace")
+        wire_checks.check_name(message.namespace, f"{path}.namespace")
     for i, grpc_service in enumerate(message.grpc_services):
-        if not grpc_service or "/" in grpc_service or any(c.isspace() for c in grpc_service):
-            raise SnapshotRejected(f"{path}.grpc_services[{i}]", f"not a gRPC service name: {grpc_service!r}")
+        wire_checks.check_grpc_service(grpc_service, f"{path}.grpc_services[{i}]")
     endpoints = []
     seen: dict[Address, int] = {}
     for i, ep in enumerate(message.endpoints):
@@ -119,7 +102,7 @@ def _service(message: discovery_pb2.Service, path: str) -> ServiceEntry:
             )
         seen[endpoint.address] = i
         endpoints.append(endpoint)
-    return ServiceEntry(message.name, tuple(message.grpc_services), tuple(endpoints))
+    return ServiceEntry(message.name, tuple(dict.fromkeys(message.grpc_services)), tuple(endpoints))
 
 
 def _plain(value: Any) -> Any:
@@ -135,13 +118,20 @@ def _plain(value: Any) -> Any:
 
 def from_proto(snapshot: discovery_pb2.Snapshot) -> Discovered:
     """Validate a pushed snapshot and convert it; raises SnapshotRejected naming the field."""
+    try:
+        return _from_proto(snapshot)
+    except CheckFailed as exc:
+        raise SnapshotRejected(exc.path, exc.reason) from None
+
+
+def _from_proto(snapshot: discovery_pb2.Snapshot) -> Discovered:
     if not snapshot.version:
         raise SnapshotRejected("version", "empty")
     if snapshot.store_revision < 0:
         raise SnapshotRejected("store_revision", f"negative: {snapshot.store_revision}")
     services: dict[str, ServiceEntry] = {}
     index: dict[str, int] = {}
-    served_by: dict[str, str] = {}
+    served_by: dict[str, list[str]] = {}
     for i, message in enumerate(snapshot.services):
         path = f"services[{i}]"
         entry = _service(message, path)
@@ -149,29 +139,28 @@ def from_proto(snapshot: discovery_pb2.Snapshot) -> Discovered:
             raise SnapshotRejected(
                 f"{path}.name", f"duplicate service {entry.name!r} (also services[{index[entry.name]}])"
             )
-        for j, grpc_service in enumerate(entry.grpc_services):
-            other = served_by.setdefault(grpc_service, entry.name)
-            if other != entry.name:
-                raise SnapshotRejected(
-                    f"{path}.grpc_services[{j}]", f"{grpc_service!r} is also served by service {other!r}"
-                )
+        for grpc_service in entry.grpc_services:
+            served_by.setdefault(grpc_service, []).append(entry.name)
         index[entry.name] = i
         services[entry.name] = entry
+    # Served by several services: not an error (two services may well both serve, say,
+    # grpc.health.v1.Health), but no call can be routed to it by :path alone.
+    ambiguous = {g: tuple(sorted(names)) for g, names in sorted(served_by.items()) if len(names) > 1}
     policies = []
     keys: dict[tuple[str, str, str], int] = {}
     for i, resource in enumerate(snapshot.policies):
         path = f"policies[{i}]"
         if resource.kind not in KINDS:
             raise SnapshotRejected(f"{path}.kind", f"unknown kind {resource.kind!r}")
-        _check_name(resource.namespace, f"{path}.namespace")
-        _check_name(resource.name, f"{path}.name")
+        wire_checks.check_name(resource.namespace, f"{path}.namespace")
+        wire_checks.check_name(resource.name, f"{path}.name")
         key = (resource.kind, resource.namespace, resource.name)
         if key in keys:
             raise SnapshotRejected(path, f"duplicate {resource.kind} {resource.namespace}/{resource.name}")
         keys[key] = i
         spec = _plain(json_format.MessageToDict(resource.spec))
         policies.append(Policy(*key, spec, resource.resource_version))
-    return Discovered(snapshot.version, snapshot.store_revision, services, tuple(policies))
+    return Discovered(snapshot.version, snapshot.store_revision, services, tuple(policies), ambiguous)
 
 
 # ---------------------------------------------------------------------------- hello
@@ -239,6 +228,34 @@ class Backoff:
 
 
 Apply = Callable[[Discovered], None]
+ChannelFactory = Callable[[str, Sequence[tuple[str, Any]]], Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Keepalive:
+    """gRPC keepalive on the discovery channel: a ping after `time` without traffic, and the
+    connection is dropped (the client reconnects) when it is not answered within `timeout`, so a
+    control plane that vanished without closing the connection is noticed within
+    time + timeout. The control plane allows pings this often (`ServerKeepalive`)."""
+
+    time: float = 10.0
+    timeout: float = 5.0
+
+    def channel_options(self) -> list[tuple[str, int]]:
+        timeout_ms = max(1, round(self.timeout * 1000))
+        return [
+            ("grpc.keepalive_time_ms", max(1, round(self.time * 1000))),
+            ("grpc.keepalive_timeout_ms", timeout_ms),
+            # grpcio (1.85) times an unanswered keepalive ping out after the ping timeout (default
+            # 60 s), not the keepalive timeout: both are set.
+            ("grpc.http2.ping_timeout_ms", timeout_ms),
+            ("grpc.keepalive_permit_without_calls", 1),
+            ("grpc.http2.max_pings_without_data", 0),  # the stream is mostly silent: ping anyway
+        ]
+
+
+def insecure_channel(target: str, options: Sequence[tuple[str, Any]]) -> Any:
+    return grpc.aio.insecure_channel(target, options=list(options))
 
 
 async def _requests(outbox: asyncio.Queue[Request | None]) -> AsyncIterator[Request]:
@@ -253,7 +270,8 @@ class DiscoveryClient:
     """Keeps one discovery stream open to `target` and applies what it receives.
 
     `apply(discovered)` swaps the sidecar's snapshot; if it raises, the version is Nacked with
-    the error. `sleep` (the backoff wait) and `backoff` are injectable for tests."""
+    the error. `sleep` (the backoff wait), `backoff`, `keepalive` and `channel_factory` (called
+    with the target and the channel options) are injectable for tests."""
 
     def __init__(
         self,
@@ -263,24 +281,27 @@ class DiscoveryClient:
         *,
         backoff: Backoff | None = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
-        channel_factory: Callable[[str], Any] = grpc.aio.insecure_channel,
+        keepalive: Keepalive | None = None,
+        channel_factory: ChannelFactory = insecure_channel,
     ) -> None:
         self.target = target
         self.hello = hello
         self._apply = apply
         self.backoff = backoff if backoff is not None else Backoff()
         self._sleep = sleep
+        self.keepalive = keepalive if keepalive is not None else Keepalive()
         self._channel_factory = channel_factory
         self._task: asyncio.Task[None] | None = None
         self._outbox: asyncio.Queue[Request | None] | None = None
         self._stopping = False
-        self.serving = True
+        self.serving: bool | None = None  # the local app's health, once known (report_health)
         self.connected = False
         self.connects = 0  # streams that delivered at least one snapshot
         self.applied_version = ""
         self.applied_revision = 0
         self.last_nack: tuple[str, str] | None = None  # (version, reason)
         self.last_error = ""
+        self.ambiguous_grpc_services: dict[str, tuple[str, ...]] = {}
 
     def start(self) -> None:
         if self._task is None:
@@ -304,7 +325,8 @@ class DiscoveryClient:
             await task
 
     def report_health(self, serving: bool) -> None:
-        """The local app's health changed: tell the control plane (now, or on reconnect)."""
+        """The local app's health is known or changed: tell the control plane now, and again
+        after every Hello (a new instance is an endpoint only once reported serving)."""
         if serving == self.serving:
             return
         self.serving = serving
@@ -342,9 +364,9 @@ class DiscoveryClient:
     async def _stream(self) -> None:
         outbox: asyncio.Queue[Request | None] = asyncio.Queue()
         outbox.put_nowait(Request(hello=self.hello))
-        if not self.serving:
-            outbox.put_nowait(Request(health=discovery_pb2.HealthReport(serving=False)))
-        channel = self._channel_factory(self.target)
+        if self.serving is not None:
+            outbox.put_nowait(Request(health=discovery_pb2.HealthReport(serving=self.serving)))
+        channel = self._channel_factory(self.target, self.keepalive.channel_options())
         self._outbox = outbox
         try:
             stub = discovery_pb2_grpc.DiscoveryServiceStub(channel)
@@ -375,6 +397,16 @@ class DiscoveryClient:
         self.applied_version = version
         self.applied_revision = discovered.store_revision
         self.last_nack = None
+        if discovered.ambiguous_grpc_services != self.ambiguous_grpc_services:
+            for grpc_service, services in discovered.ambiguous_grpc_services.items():
+                if self.ambiguous_grpc_services.get(grpc_service) != services:
+                    log.warning(
+                        "discovery: %s is served by several services (%s); calls to it must name "
+                        "the service in :authority",
+                        grpc_service,
+                        ", ".join(services),
+                    )
+            self.ambiguous_grpc_services = discovered.ambiguous_grpc_services
         return Request(ack=discovery_pb2.Ack(version=version))
 
     def _nack(self, version: str, reason: str) -> Request:

@@ -25,7 +25,7 @@ from mesh.v1 import discovery_pb2
 from control_plane.ca import CertificateAuthority, issue_workload_files
 from control_plane.registry import AckState, Registration, Registry
 from control_plane.resources import Change, ResourceKey
-from control_plane.snapshots import SnapshotBuilder
+from control_plane.snapshots import Resources, SnapshotBuilder
 from control_plane.spiffe import SpiffeId
 from control_plane.sqlite_store import SqliteStore
 from sidecar.app import Sidecar
@@ -92,6 +92,8 @@ def node(
         dependencies=deps,
     )
     client = DiscoveryClient(cp.address, hello, applied.append, backoff=fast_backoff())
+    if inbound:
+        client.report_health(True)  # as a sidecar's AppHealthWatcher does with the app's first answer
     client.start()
     return Node(client, applied)
 
@@ -260,8 +262,8 @@ class CorruptingBuilder(SnapshotBuilder):
         super().__init__()
         self.corrupt: set[str] = set()
 
-    def build(self, record: Any, registry: Registry, store: Any) -> discovery_pb2.Snapshot:
-        snapshot = super().build(record, registry, store)
+    def build(self, record: Any, registry: Registry, resources: Resources) -> discovery_pb2.Snapshot:
+        snapshot = super().build(record, registry, resources)
         registration: Registration = getattr(record, "registration", record)
         if registration.service in self.corrupt and snapshot.services:
             snapshot.services[0].endpoints.add(address="not-an-address")

@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 import grpc
 from mesh.v1 import discovery_pb2_grpc
 
-from control_plane.discovery import DiscoveryServicer
+from control_plane.discovery import DiscoveryServicer, ServerKeepalive
 from control_plane.registry import Registry
 from control_plane.resources import Store
 from control_plane.snapshots import SnapshotBuilder
@@ -51,11 +51,20 @@ async def start_control_plane(
     grace: float = 0.5,
     debounce: float = 0.01,
     warmup: float = 0.0,
+    hello_timeout: float = 10.0,
+    retry_initial: float = 0.05,
+    keepalive: ServerKeepalive | None = None,
 ) -> RunningControlPlane:
     servicer = DiscoveryServicer(
-        store, Registry(grace=grace), builder=builder, debounce=debounce, warmup=warmup
+        store,
+        Registry(grace=grace),
+        builder=builder,
+        debounce=debounce,
+        warmup=warmup,
+        hello_timeout=hello_timeout,
+        retry_initial=retry_initial,
     )
-    server = grpc.aio.server()
+    server = grpc.aio.server(options=keepalive.server_options() if keepalive is not None else None)
     discovery_pb2_grpc.add_DiscoveryServiceServicer_to_server(servicer, server)
     bound = server.add_insecure_port(f"127.0.0.1:{port}")
     await server.start()

@@ -5,6 +5,10 @@ bytes are held until the client has sent `release_after` bytes (or `fallback` se
 since the connection was accepted), then delivered in order, and the connection is a plain relay
 from then on. In front of an HTTP/2 server this makes the client act on its first bytes
 before it sees the server's SETTINGS, every time.
+
+`stall()` turns it into a silently dead path, as when a host vanishes or a firewall starts dropping
+packets: from then on nothing is forwarded either way, on every connection (new ones included),
+and nothing is closed — neither end hears of the other until its own keepalive gives up.
 """
 
 from __future__ import annotations
@@ -18,10 +22,16 @@ from collections.abc import Callable
 
 class _Pair:
     def __init__(
-        self, client: socket.socket, server: socket.socket, release_after: int, fallback: float
+        self,
+        client: socket.socket,
+        server: socket.socket,
+        release_after: int,
+        fallback: float,
+        stalled: threading.Event,
     ) -> None:
         self.client = client
         self.server = server
+        self.stalled = stalled
         self.release_after = release_after
         self.deadline = time.monotonic() + fallback
         self.lock = threading.Lock()
@@ -39,12 +49,15 @@ class _Pair:
     def client_to_server(self) -> None:
         with contextlib.suppress(OSError):
             while data := self.client.recv(65536):
+                if self.stalled.is_set():
+                    continue  # dropped
                 self.server.sendall(data)
                 with self.lock:
                     self.sent += len(data)
                     if self.sent >= self.release_after:
                         self._release()
-        self.close()
+        if not self.stalled.is_set():
+            self.close()
 
     def server_to_client(self) -> None:
         with contextlib.suppress(OSError):
@@ -57,15 +70,16 @@ class _Pair:
                 with self.lock:
                     if not self.released and time.monotonic() >= self.deadline:
                         self._release()
-                    if data is None:
-                        continue
+                    if data is None or (data and self.stalled.is_set()):
+                        continue  # nothing yet, or dropped
                     if not data:
                         break
                     if self.released:
                         self.client.sendall(data)
                     else:
                         self.held += data
-        self.close()
+        if not self.stalled.is_set():
+            self.close()
 
     def close(self) -> None:
         for sock in (self.client, self.server):
@@ -83,6 +97,7 @@ class HoldingProxy:
         self._listener.settimeout(0.05)
         self.address = f"127.0.0.1:{self._listener.getsockname()[1]}"
         self._closing = threading.Event()
+        self._stalled = threading.Event()
         self._pairs: list[_Pair] = []
         self._threads: list[threading.Thread] = []
         self._start(self._accept_loop)
@@ -106,10 +121,14 @@ class HoldingProxy:
             except OSError:
                 client.close()
                 continue
-            pair = _Pair(client, server, self.release_after, self.fallback)
+            pair = _Pair(client, server, self.release_after, self.fallback, self._stalled)
             self._pairs.append(pair)
             self._start(pair.client_to_server)
             self._start(pair.server_to_client)
+
+    def stall(self) -> None:
+        """Forward nothing from now on, either way, and close nothing (see the module docstring)."""
+        self._stalled.set()
 
     def close(self) -> None:
         self._closing.set()

@@ -10,6 +10,7 @@ from mesh.v1 import discovery_pb2
 
 from control_plane.registry import Registration, Registry
 from control_plane.snapshots import SnapshotBuilder, content_hash, version_hash
+from sidecar.discovery import from_proto
 from tests.support.memory_store import MemoryStore
 
 
@@ -27,13 +28,19 @@ def reg(service: str, n: int = 1, **overrides: Any) -> Registration:
     return Registration(**fields)
 
 
+def up(registry: Registry, registration: Registration) -> None:
+    """Register an instance whose sidecar then reports its app serving."""
+    registry.register(registration)
+    registry.set_serving(registration.node_id, True)
+
+
 @pytest.fixture
 def registry() -> Registry:
     registry = Registry()
-    registry.register(reg("users", 1))
-    registry.register(reg("users", 2, labels={"app": "users", "version": "v2"}))
-    registry.register(reg("orders", 1))
-    registry.register(reg("payments", 1, namespace="billing"))
+    up(registry, reg("users", 1))
+    up(registry, reg("users", 2, labels={"app": "users", "version": "v2"}))
+    up(registry, reg("orders", 1))
+    up(registry, reg("payments", 1, namespace="billing"))
     return registry
 
 
@@ -43,7 +50,8 @@ def store() -> MemoryStore:
 
 
 def build(registration: Registration, registry: Registry, store: MemoryStore) -> discovery_pb2.Snapshot:
-    return SnapshotBuilder().build(registration, registry, store)
+    builder = SnapshotBuilder()
+    return builder.build(registration, registry, builder.load(store))
 
 
 def service_names(snapshot: discovery_pb2.Snapshot) -> list[str]:
@@ -215,8 +223,8 @@ def test_the_same_content_gives_the_same_version(registry: Registry, store: Memo
     for name in ("payments-1", "orders-1", "users-2", "users-1"):
         record = registry.get(name)
         assert record is not None
-        other.register(record.registration)
-    again = SnapshotBuilder().build(CLIENT, other, store)
+        up(other, record.registration)
+    again = build(CLIENT, other, store)
 
     assert again.version == first.version
     assert again.SerializeToString(deterministic=True) == first.SerializeToString(deterministic=True)
@@ -226,21 +234,22 @@ def test_a_change_elsewhere_leaves_the_content_hash_alone(registry: Registry, st
     calls_users = Registration(node_id="c1", service="client", dependencies=("users",))
     store.put("VirtualService", "default", "users", VS_USERS)
     builder = SnapshotBuilder()
-    before = builder.build(calls_users, registry, store)
+    before = builder.build(calls_users, registry, builder.load(store))
 
     store.put("VirtualService", "default", "orders", VS_ORDERS_TO_LEGACY)
     registry.set_serving("orders-1", False)
-    after = builder.build(calls_users, registry, store)
+    after = builder.build(calls_users, registry, builder.load(store))
 
     assert after.store_revision == before.store_revision + 1
     assert version_hash(after.version) == version_hash(before.version)
 
     store.put("VirtualService", "default", "users", {**VS_USERS, "http": []})
-    changed = builder.build(calls_users, registry, store)
+    changed = builder.build(calls_users, registry, builder.load(store))
     assert version_hash(changed.version) != version_hash(before.version)
 
     registry.set_serving("users-1", False)
-    assert version_hash(builder.build(calls_users, registry, store).version) != version_hash(changed.version)
+    rebuilt = builder.build(calls_users, registry, builder.load(store))
+    assert version_hash(rebuilt.version) != version_hash(changed.version)
 
 
 class CountingStore(MemoryStore):
@@ -253,13 +262,66 @@ class CountingStore(MemoryStore):
         return super().list_resources(kind, namespace)
 
 
-def test_the_builder_reads_the_store_once_per_revision(registry: Registry) -> None:
+def test_the_builder_lists_the_store_once_per_revision(registry: Registry) -> None:
     store = CountingStore()
     store.put("VirtualService", "default", "users", VS_USERS)
     builder = SnapshotBuilder()
+    resources = builder.load(store)
+    assert builder.load(store) is resources  # the same revision: only the revision is read
     for record in registry.sidecars():
-        builder.build(record, registry, store)
+        builder.build(record, registry, resources)
     assert store.lists == 1
     store.put("VirtualService", "default", "orders", VS_ORDERS_TO_LEGACY)
-    builder.build(CLIENT, registry, store)
+    builder.build(CLIENT, registry, builder.load(store))
     assert store.lists == 2
+
+
+def test_an_address_claimed_twice_is_one_endpoint_in_every_snapshot(
+    registry: Registry, store: MemoryStore
+) -> None:
+    # users-2 was killed -9 (its record is within the grace); it restarted as users-9, same port.
+    record = registry.get("users-2")
+    assert record is not None
+    registry.disconnect("users-2", record.session)
+    restarted = reg("users", 9, inbound_address=record.inbound_address, labels={"version": "v3"})
+    up(registry, restarted)
+
+    snapshot = build(CLIENT, registry, store)
+
+    users = snapshot.services[2]
+    assert [(e.address, dict(e.labels)) for e in users.endpoints] == [
+        ("10.0.5.1:15006", {"app": "users", "version": "v1"}),
+        ("10.0.5.2:15006", {"version": "v3"}),
+    ]
+    from_proto(snapshot)  # what every caller does with it: no "duplicate endpoint"
+
+
+def test_a_grpc_service_of_two_services_goes_out_under_both_and_is_accepted(
+    registry: Registry, store: MemoryStore
+) -> None:
+    health = "grpc.health.v1.Health"
+    up(registry, reg("users", 3, grpc_services=("demo.v1.Users", health)))
+    up(registry, reg("orders", 2, grpc_services=("demo.v1.Orders", health)))
+
+    snapshot = build(CLIENT, registry, store)
+
+    by_name = {s.name: list(s.grpc_services) for s in snapshot.services}
+    assert by_name["users"] == ["demo.v1.Users", health]
+    assert by_name["orders"] == ["demo.v1.Orders", health]
+    discovered = from_proto(snapshot)
+    assert discovered.ambiguous_grpc_services == {health: ("orders", "users")}
+
+
+def test_route_hosts_a_sidecar_would_refuse_are_not_sent(registry: Registry, store: MemoryStore) -> None:
+    # The policy API refuses such hosts; a spec stored before that must still not make callers Nack.
+    vs = {
+        "hosts": ["orders"],
+        "http": [{"route": [{"destination": {"host": "orders"}}, {"destination": {"host": "bad host"}}]}],
+    }
+    store.put("VirtualService", "default", "orders", vs)
+    calls_orders = Registration(node_id="c2", service="client", dependencies=("orders",))
+
+    snapshot = build(calls_orders, registry, store)
+
+    assert service_names(snapshot) == ["orders"]
+    from_proto(snapshot)

@@ -1,5 +1,6 @@
 """from_proto: a pushed snapshot becomes the sidecar's types, or is refused with a reason naming the
-field (the reason the sidecar Nacks with). Also the reconnect backoff."""
+field (the reason the sidecar Nacks with); whatever the registry accepts in a Hello, from_proto
+accepts in a snapshot. Also the reconnect backoff."""
 
 from __future__ import annotations
 
@@ -12,8 +13,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from mesh.v1 import discovery_pb2, resources_pb2
 
+from control_plane.registry import InvalidHello, Registration, Registry
+from control_plane.snapshots import SnapshotBuilder
 from sidecar.config import Address, Endpoint, Policy, ServiceEntry
 from sidecar.discovery import Backoff, SnapshotRejected, from_proto
+from tests.support.memory_store import MemoryStore
 
 USERS_ID = "spiffe://cluster.local/ns/default/sa/users"
 
@@ -109,6 +113,16 @@ BAD: dict[str, tuple[Mutation, str, str]] = {
         "services[0].endpoints[0].address",
         "bad host",
     ),
+    "host with an underscore": (
+        _endpoint_address("users_1.local:15006"),
+        "services[0].endpoints[0].address",
+        "bad host",
+    ),
+    "empty label name": (
+        _set(lambda s: s.services[0].endpoints[0].labels.update({"": "x"})),
+        "services[0].endpoints[0].labels",
+        "empty label name",
+    ),
     "ipv6 without brackets": (
         _endpoint_address("fd00::1:15006"),
         "services[0].endpoints[0].address",
@@ -125,12 +139,7 @@ BAD: dict[str, tuple[Mutation, str, str]] = {
         "/ns/<namespace>/sa/<service>",
     ),
     "duplicate service": (_add_service("users"), "services[2].name", "duplicate service 'users'"),
-    "service without a name": (_add_service(""), "services[2].name", "expected a name"),
-    "grpc service served twice": (
-        _add_service("users2", "demo.v1.Users"),
-        "services[2].grpc_services[0]",
-        "also served by service 'users'",
-    ),
+    "service without a name": (_add_service(""), "services[2].name", "required"),
     "bad grpc service name": (
         _add_service("x", "demo.v1.Users/Get"),
         "services[2].grpc_services[0]",
@@ -144,7 +153,7 @@ BAD: dict[str, tuple[Mutation, str, str]] = {
     "policy without a name": (
         _set(lambda s: setattr(s.policies[0], "name", "")),
         "policies[0].name",
-        "expected a name",
+        "required",
     ),
     "duplicate policy": (
         _set(lambda s: s.policies.append(s.policies[0])),
@@ -163,6 +172,95 @@ def test_a_bad_snapshot_is_refused_naming_the_field(mutate: Mutation, path: str,
     assert raised.value.path == path
     assert reason in raised.value.reason
     assert str(raised.value).startswith(f"{path}: ")
+
+
+def test_a_grpc_service_of_several_services_is_ambiguous_not_refused() -> None:
+    snapshot = good()
+    snapshot.services.add(name="users2", grpc_services=["demo.v1.Users", "grpc.health.v1.Health"])
+    snapshot.services[1].grpc_services.append("grpc.health.v1.Health")
+
+    discovered = from_proto(snapshot)
+
+    # Each service keeps what it serves; the router sees a gRPC service under several services
+    # and routes it only by :authority. The ambiguous ones are listed too.
+    assert discovered.services["users"].grpc_services == ("demo.v1.Users",)
+    assert discovered.services["users2"].grpc_services == ("demo.v1.Users", "grpc.health.v1.Health")
+    assert discovered.services["orders"].grpc_services == ("demo.v1.Orders", "grpc.health.v1.Health")
+    assert discovered.ambiguous_grpc_services == {
+        "demo.v1.Users": ("users", "users2"),
+        "grpc.health.v1.Health": ("orders", "users2"),
+    }
+    assert from_proto(good()).ambiguous_grpc_services == {}
+
+
+def mostly(valid: st.SearchStrategy[Any], weird: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
+    """Usually a valid value (so that many examples pass the registry), sometimes a weird one."""
+    return st.sampled_from([True] * 5 + [False]).flatmap(lambda usual: valid if usual else weird)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    service=mostly(st.sampled_from(["users", "u_1.x", "é"]), st.text(max_size=8)),
+    namespace=mostly(st.sampled_from(["default", "a-b"]), st.text(max_size=8)),
+    labels=mostly(
+        st.just({"version": "v1"}),
+        st.dictionaries(st.text(max_size=4), st.text(max_size=4), max_size=2),
+    ),
+    address=mostly(
+        st.sampled_from(["10.0.0.1:15006", "users-1.local:1", "[fd00::1]:15006", ""]),
+        st.one_of(
+            st.tuples(
+                st.sampled_from(["10.0.0.1", "users_1", "fd00::1", "", "a..b", "é", "[10.0.0.1]"]),
+                st.sampled_from(["15006", "0", "99999", "", "0x10", "١٢"]),
+            ).map(":".join),
+            st.text(max_size=24),
+        ),
+    ),
+    identity=mostly(
+        st.sampled_from(["", "spiffe://cluster.local/ns/default/sa/users"]),
+        st.one_of(st.text(max_size=40), st.just("spiffe://cluster.local/users")),
+    ),
+    grpc=st.lists(
+        mostly(st.sampled_from(["demo.v1.Users", "grpc.health.v1.Health"]), st.text(max_size=10)),
+        max_size=2,
+    ),
+)
+def test_what_the_registry_accepts_no_sidecar_refuses(
+    service: str,
+    namespace: str,
+    labels: dict[str, str],
+    address: str,
+    identity: str,
+    grpc: list[str],
+) -> None:
+    registration = Registration(
+        node_id="n-1",
+        service=service,
+        namespace=namespace,
+        labels=labels,
+        inbound_address=address,
+        identity=identity,
+        grpc_services=tuple(grpc),
+    )
+    registry = Registry()
+    try:
+        registry.register(registration)
+    except InvalidHello:
+        return
+    # A second instance on the same address, and another service serving the same gRPC services.
+    second = Registration(node_id="n-2", service=service, namespace=namespace, inbound_address=address)
+    other = Registration(
+        node_id="n-3", service="other", inbound_address="10.9.9.9:15006", grpc_services=tuple(grpc)
+    )
+    for each in (second, other):
+        registry.register(each)
+    for node_id in ("n-1", "n-2", "n-3"):
+        registry.set_serving(node_id, True)
+    builder = SnapshotBuilder()
+    caller = Registration(node_id="caller", service="caller")
+    discovered = from_proto(builder.build(caller, registry, builder.load(MemoryStore())))
+    if address and service != "other":
+        assert len(discovered.services[service].endpoints) == 1
 
 
 @settings(max_examples=200, deadline=None)
