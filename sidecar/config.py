@@ -16,14 +16,12 @@ from typing import Any
 
 import yaml
 
+from sidecar.wire_checks import CheckFailed, check_grpc_service, check_labels, check_name
 
-class ConfigError(ValueError):
-    """Invalid configuration: `path` names the field, the message says why."""
-
-    def __init__(self, path: str, reason: str) -> None:
-        super().__init__(f"{path}: {reason}")
-        self.path = path
-        self.reason = reason
+# Invalid configuration: `.path` names the field, `.reason` says why. One class with the checks
+# shared with what the control plane accepts (sidecar.wire_checks), so a config the sidecar
+# takes is a Hello the control plane takes.
+ConfigError = CheckFailed
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,9 +137,9 @@ def _known(mapping: dict[str, Any], allowed: set[str], path: str) -> None:
 
 
 def _name(value: object, path: str) -> str:
-    if not isinstance(value, str) or not value or not all(c.isalnum() or c in "-_." for c in value):
+    if not isinstance(value, str):
         raise ConfigError(path, f"expected a name (letters, digits, '-', '_', '.'), got {value!r}")
-    return value
+    return check_name(value, path)
 
 
 def _labels(value: object, path: str) -> dict[str, str]:
@@ -149,6 +147,7 @@ def _labels(value: object, path: str) -> dict[str, str]:
     for key, val in labels.items():
         if not isinstance(key, str) or not isinstance(val, str):
             raise ConfigError(f"{path}.{key}", "labels must map strings to strings")
+    check_labels(labels, path)
     return dict(labels)
 
 
@@ -167,7 +166,7 @@ def _non_negative_number(value: object, path: str) -> float:
 def _grpc_services(value: object, path: str) -> tuple[str, ...]:
     if not isinstance(value, list) or not all(isinstance(s, str) and s for s in value):
         raise ConfigError(path, "expected a list of fully-qualified gRPC service names")
-    return tuple(value)
+    return tuple(check_grpc_service(s, f"{path}[{i}]") for i, s in enumerate(value))
 
 
 def _service(name: str, raw: object, path: str) -> ServiceEntry:

@@ -194,7 +194,7 @@ BAD = {
     "service not a name": (_set("service", value="order service"), "service", "expected a name"),
     "service not a string": (_set("service", value=7), "service", "expected a name"),
     "namespace not a name": (_set("namespace", value="shop/eu"), "namespace", "expected a name"),
-    "trust domain not a name": (_set("trust_domain", value=""), "trust_domain", "expected a name"),
+    "trust domain empty": (_set("trust_domain", value=""), "trust_domain", "required"),
     # address forms
     "address without port": (_set("listeners", "admin", value="127.0.0.1"), "listeners.admin", "host:port"),
     "address with empty port": (
