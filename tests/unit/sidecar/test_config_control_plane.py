@@ -62,7 +62,11 @@ def test_static_mode_has_no_control_plane(raw: dict[str, Any], tmp_path: Path) -
         ({"dependencies": "orders"}, "dependencies", "list of service names"),
         ({"dependencies": ["orders", "bad name"]}, "dependencies[1]", "expected a name"),
         # The checks the control plane applies to a Hello: refused here, not in a reconnect loop.
-        ({"grpc_services": ["demo.v1.Users", "demo v1/Users"]}, "grpc_services[1]", "not a gRPC service name"),
+        (
+            {"grpc_services": ["demo.v1.Users", "demo v1/Users"]},
+            "grpc_services[1]",
+            "not a gRPC service name",
+        ),
         ({"labels": {"": "v1"}}, "labels", "empty label name"),
         ({"tls": None}, "tls", "required"),
     ],
