@@ -26,6 +26,7 @@ from control_plane.resources import Change, ResourceKey
 from control_plane.spiffe import SpiffeId
 from control_plane.sqlite_store import SqliteStore
 from meshctl import procs
+from meshctl.demo.mesh import child_env
 from tests.support.clients import ECHO, channel
 from tests.support.discovery import RunningControlPlane, ThreadedControlPlane
 from tests.support.mesh import REPO, http_get, wait_for
@@ -34,11 +35,6 @@ pytestmark = pytest.mark.integration
 
 START_TIMEOUT = 20.0
 VS_ECHO = {"hosts": ["echo"], "http": [{"route": [{"destination": {"host": "echo"}}]}]}
-
-
-def child_env() -> dict[str, str]:
-    paths = [str(REPO), str(REPO / "gen"), os.environ.get("PYTHONPATH", "")]
-    return {"PYTHONPATH": os.pathsep.join(p for p in paths if p), "PYTHONUNBUFFERED": "1"}
 
 
 def sidecar_config(path: Path, root: Path, ca: CertificateAuthority, service: str, **fields: Any) -> Path:

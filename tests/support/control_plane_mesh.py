@@ -30,6 +30,7 @@ import yaml
 from control_plane.ca import CertificateAuthority, issue_workload_files
 from control_plane.spiffe import SpiffeId
 from meshctl import procs
+from meshctl.demo.mesh import child_env
 from tests.support.mesh import http_get, wait_for
 
 REPO = Path(__file__).resolve().parents[2]
@@ -47,11 +48,6 @@ KINDS = (
     "authorizationpolicy",
     "requestauthentication",
 )
-
-
-def child_env() -> dict[str, str]:
-    paths = [str(REPO), str(REPO / "gen"), os.environ.get("PYTHONPATH", "")]
-    return {"PYTHONPATH": os.pathsep.join(p for p in paths if p), "PYTHONUNBUFFERED": "1"}
 
 
 @dataclass(frozen=True)

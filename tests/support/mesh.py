@@ -28,6 +28,7 @@ import yaml
 
 from control_plane.ca import CertificateAuthority, SpiffeId, WorkloadFiles, issue_workload_files
 from meshctl import procs
+from meshctl.demo.mesh import child_env
 
 REPO = Path(__file__).resolve().parents[2]
 TRUST_DOMAIN = "cluster.local"
@@ -127,11 +128,6 @@ def warm_up(mesh: Mesh, service: str) -> None:
         assert ch.unary_unary(ECHO + "Unary")(b"warm-up", timeout=10) == b"warm-up"
 
 
-def _child_env() -> dict[str, str]:
-    paths = [str(REPO), str(REPO / "gen"), os.environ.get("PYTHONPATH", "")]
-    return {"PYTHONPATH": os.pathsep.join(p for p in paths if p), "PYTHONUNBUFFERED": "1"}
-
-
 def _app_argv(spec: AppSpec, ready: Path) -> list[str]:
     if spec.kind == "echo":
         return procs.python_argv("-m", "tests.support.echo_server", "--ready-file", str(ready))
@@ -208,7 +204,7 @@ def running_mesh(
     foreign_tls = _issue(foreign_ca, "intruder", root / "foreign", now)
     client_tls = _issue(ca, CLIENT, certs / CLIENT, now)
     logs = root / "logs"
-    env = _child_env()
+    env = child_env()
     with procs.ProcessGroup(grace=STOP_GRACE, log_dir=logs) as group:
         mesh: Mesh | None = None
         try:
