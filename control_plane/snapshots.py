@@ -87,13 +87,33 @@ class SnapshotBuilder:
         self._resources: Resources | None = None
         self._lock = threading.Lock()
         self._services: tuple[Registry, int, dict[str, ServiceInfo]] | None = None
+        # Sidecars that need the same things get the same snapshot: one build per distinct need
+        # per (resources, services) pair, however many sidecars share it.
+        self._built_for: tuple[Resources, dict[str, ServiceInfo]] | None = None
+        self._built: dict[tuple[object, ...], discovery_pb2.Snapshot] = {}
 
     def build(
         self, record: SidecarRecord | Registration, registry: Registry, resources: Resources
     ) -> discovery_pb2.Snapshot:
-        """The snapshot of one sidecar, from `resources` (see `load`) and the registry as it is."""
+        """The snapshot of one sidecar, from `resources` (see `load`) and the registry as it is.
+        Sidecars with the same needs get the same message object: callers must not modify it."""
         registration = record.registration if isinstance(record, SidecarRecord) else record
         services = self._services_of(registry)
+        built_for = self._built_for
+        if built_for is None or built_for[0] is not resources or built_for[1] is not services:
+            self._built_for = (resources, services)
+            self._built = {}
+        need: tuple[object, ...] = (tuple(sorted(registration.dependencies)),)
+        if registration.inbound_address:  # inbound policies select on namespace and labels
+            need += (registration.namespace, tuple(sorted(registration.labels.items())))
+        built = self._built.get(need)
+        if built is None:
+            built = self._built[need] = self._build(registration, services, resources)
+        return built
+
+    def _build(
+        self, registration: Registration, services: dict[str, ServiceInfo], resources: Resources
+    ) -> discovery_pb2.Snapshot:
         names = set(registration.dependencies) if registration.dependencies else set(services)
         policies: set[ResourceKey] = set()
         # A dependency's routes may lead to more hosts; follow them until nothing new appears.

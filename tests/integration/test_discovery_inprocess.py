@@ -266,8 +266,11 @@ class CorruptingBuilder(SnapshotBuilder):
         snapshot = super().build(record, registry, resources)
         registration: Registration = getattr(record, "registration", record)
         if registration.service in self.corrupt and snapshot.services:
-            snapshot.services[0].endpoints.add(address="not-an-address")
-            snapshot.version = snapshot.version + "-corrupt"
+            corrupted = discovery_pb2.Snapshot()
+            corrupted.CopyFrom(snapshot)  # built snapshots are shared between sidecars: never edit one
+            corrupted.services[0].endpoints.add(address="not-an-address")
+            corrupted.version = snapshot.version + "-corrupt"
+            return corrupted
         return snapshot
 
 

@@ -325,3 +325,32 @@ def test_route_hosts_a_sidecar_would_refuse_are_not_sent(registry: Registry, sto
 
     assert service_names(snapshot) == ["orders"]
     from_proto(snapshot)
+
+
+def test_sidecars_with_the_same_needs_share_one_build(registry: Registry, store: MemoryStore) -> None:
+    builder = SnapshotBuilder()
+    resources = builder.load(store)
+    clients = [
+        Registration(node_id=f"client-{i}", service="client", dependencies=("users",)) for i in range(50)
+    ]
+    snapshots = [builder.build(c, registry, resources) for c in clients]
+    assert all(s is snapshots[0] for s in snapshots)  # built once, sent to all fifty
+
+    other = builder.build(
+        Registration(node_id="c-x", service="client", dependencies=("orders",)), registry, resources
+    )
+    assert service_names(other) == ["orders"]
+    v1, v2 = reg("users", 1), reg("users", 2, labels={"app": "users", "version": "v2"})
+    assert builder.build(v1, registry, resources) is not builder.build(
+        v2, registry, resources
+    )  # labels differ
+
+
+def test_a_registry_change_is_not_hidden_by_an_earlier_build(registry: Registry, store: MemoryStore) -> None:
+    builder = SnapshotBuilder()
+    client = Registration(node_id="client-1", service="client", dependencies=("users",))
+    before = builder.build(client, registry, builder.load(store))
+    up(registry, reg("users", 3))
+    after = builder.build(client, registry, builder.load(store))
+    assert len(after.services[0].endpoints) == len(before.services[0].endpoints) + 1
+    assert after.version != before.version
