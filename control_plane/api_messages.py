@@ -112,6 +112,7 @@ _SIDECAR_SCALARS = (
     "serving",
     "admin_address",
     "applied_revision",
+    "sent_revision",
 )
 
 

@@ -132,6 +132,11 @@ SCHEMAS: dict[str, Any] = {
                 **_INT64,
                 "description": "The store revision its applied snapshot was built from.",
             },
+            "sentRevision": {
+                **_INT64,
+                "description": "The store revision the last sent snapshot was built for; a NACK with "
+                "sentRevision >= R is a rejection of revision R.",
+            },
         },
     },
     "ApplyRequest": {

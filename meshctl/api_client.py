@@ -216,6 +216,7 @@ class SidecarStatus:
     serving: bool
     admin_address: str
     applied_revision: int
+    sent_revision: int  # the store revision the last sent snapshot was built for
 
     @classmethod
     def from_json(cls, data: Any) -> SidecarStatus:
@@ -237,6 +238,7 @@ class SidecarStatus:
             serving=bool(data.get("serving", False)),
             admin_address=_str(data, "adminAddress"),
             applied_revision=_int64(data.get("appliedRevision"), "sidecar.appliedRevision"),
+            sent_revision=_int64(data.get("sentRevision"), "sidecar.sentRevision"),
         )
 
     def to_json(self) -> JsonObject:
@@ -256,6 +258,7 @@ class SidecarStatus:
             "serving": self.serving,
             "adminAddress": self.admin_address,
             "appliedRevision": self.applied_revision,
+            "sentRevision": self.sent_revision,
         }
 
     def __str__(self) -> str:

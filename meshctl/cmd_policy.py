@@ -33,7 +33,6 @@ from meshctl.cmd_status import (
     WallClock,
     describe_lagging,
     fail,
-    sent_versions,
     wait_for_revision,
 )
 from meshctl.documents import (
@@ -245,8 +244,6 @@ def _apply(args: argparse.Namespace, client: ControlPlaneClient, *, clock: Clock
     if args.wait and args.dry_run:
         raise InputError("--wait has nothing to wait for with --dry-run")
     documents = load_documents(args.files)
-    # The sidecars' sent versions before the change: a NACK of a later one rejects this change.
-    baseline = sent_versions(client.sidecars()) if args.wait else {}
     results = client.apply([d.document for d in documents], dry_run=args.dry_run)
     for result in results:
         _print_result(result, dry_run=args.dry_run)
@@ -258,9 +255,15 @@ def _apply(args: argparse.Namespace, client: ControlPlaneClient, *, clock: Clock
         f"to apply revision {revision}",
         file=sys.stderr,
     )
-    outcome = wait_for_revision(
-        client, revision, baseline=baseline, timeout=args.timeout, clock=clock, sleep=sleep
-    )
+    try:
+        outcome = wait_for_revision(client, revision, timeout=args.timeout, clock=clock, sleep=sleep)
+    except ApiError as exc:  # e.g. a token that may apply but not list sidecars
+        fail("apply", exc)
+        print(
+            f"  the change is stored (revision {revision}); the wait could not check the sidecars",
+            file=sys.stderr,
+        )
+        return 1
     if outcome.rejected:
         for sidecar in outcome.rejected:
             reason = sidecar.nack_reason or "(no reason given)"

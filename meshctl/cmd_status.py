@@ -175,29 +175,24 @@ class WaitOutcome:
         return not self.rejected and not self.lagging and not self.last_error
 
 
-def sent_versions(listing: SidecarList) -> dict[str, str]:
-    """Each sidecar's last sent snapshot version: the baseline `wait_for_revision` compares with."""
-    return {s.node_id: s.sent_version for s in listing.sidecars}
-
-
 def wait_for_revision(
     client: ControlPlaneClient,
     revision: int,
     *,
-    baseline: Mapping[str, str],
     timeout: float,
     clock: Clock,
     sleep: Sleep,
     interval: float = POLL_INTERVAL,
 ) -> WaitOutcome:
     """Poll the sidecar list until every connected sidecar's applied revision is at least
-    `revision`, a sidecar NACKs, or `timeout` seconds pass.
+    `revision`, a sidecar rejects it, or `timeout` seconds pass.
 
-    A snapshot is the whole config, so a NACK of any snapshot sent after the change means the
-    change did not take effect there. Status does not say which revision a NACKed snapshot was
-    built from, so a NACK counts only when the sidecar's sent version differs from `baseline`
-    (its sent version before the change was made): an older NACK still showing is treated as
-    lagging, not as a rejection of this change. Unreachable moments are retried until the deadline.
+    A snapshot is the whole config, so a NACK of a snapshot built for `revision` or later means
+    the change did not take effect there: a sidecar behind `revision` is a rejection when its
+    state is NACK and its sent revision is at least `revision`. An older NACK still showing
+    (sent revision below `revision`) is lagging, not a rejection of this change: the snapshot
+    with the change may not have reached it yet. Unreachable moments are retried until the
+    deadline.
     """
     start = clock()
     deadline = start + timeout
@@ -212,7 +207,7 @@ def wait_for_revision(
         else:
             connected = [s for s in listing.sidecars if s.connected]
             lagging = [s for s in connected if s.applied_revision < revision]
-            rejected = [s for s in lagging if s.state == "NACK" and baseline.get(s.node_id) != s.sent_version]
+            rejected = [s for s in lagging if s.state == "NACK" and s.sent_revision >= revision]
             if rejected:
                 return WaitOutcome(revision, len(connected), clock() - start, rejected=_sorted(rejected))
             if not lagging:

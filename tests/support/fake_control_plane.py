@@ -150,10 +150,12 @@ def sidecar_json(
     revision: int = 12,
     state: str = "ACK",
     sent_version: str = "v12",
+    sent_revision: int | None = None,
     connected: bool = True,
     **fields: Any,
 ) -> dict[str, Any]:
-    """A SidecarStatus as protobuf JSON prints it: false booleans and zero numbers left out."""
+    """A SidecarStatus as protobuf JSON prints it: false booleans and zero numbers left out.
+    `sent_revision` (the revision the last sent snapshot was built for) defaults to `revision`."""
     body: dict[str, Any] = {
         "nodeId": node_id,
         "service": service,
@@ -171,6 +173,9 @@ def sidecar_json(
     }
     if revision:
         body["appliedRevision"] = str(revision)
+    sent = revision if sent_revision is None else sent_revision
+    if sent:
+        body["sentRevision"] = str(sent)
     if connected:
         body["connected"] = True
     return body

@@ -54,6 +54,7 @@ class SidecarStub:
     serving: bool = True
     admin_address: str = "127.0.0.1:15000"
     applied_revision: int = 3
+    sent_revision: int = 3
 
 
 @dataclass

@@ -41,6 +41,7 @@ from control_plane.sqlite_store import STORE_FILE
 from tests.support.policy_api import (
     USERS,
     Harness,
+    SidecarStub,
     destination_rule,
     harness,
     register_sidecar,
@@ -98,6 +99,13 @@ async def refused(call: Awaitable[Any]) -> tuple[grpc.StatusCode, str, dict[str,
     return error.code(), error.details() or "", detail
 
 
+def nacked_sidecar() -> SidecarStub:
+    """A sidecar that rejected the snapshot sent for revision 5 and serves revision 3's."""
+    return SidecarStub(
+        node_id="users-v1-b", sent_version="5-0123456789ab", sent_revision=5, state="NACK", nack_reason="bad"
+    )
+
+
 def test_every_operation(tmp_path: Path) -> None:
     async def body(api: Api) -> None:
         stub, md = api.stub, api.metadata()
@@ -140,10 +148,14 @@ def test_every_operation(tmp_path: Path) -> None:
         assert revisions.revisions[-1].deleted and not revisions.revisions[-1].HasField("spec")
 
         register_sidecar(api.h.registry)
+        api.h.registry.records.append(nacked_sidecar())
         sidecars = await stub.ListSidecars(policy_pb2.ListSidecarsRequest(), metadata=api.metadata(Role.READ))
         assert sidecars.store_revision == 5
-        (sidecar,) = sidecars.sidecars
+        sidecar, nacked = sorted(sidecars.sidecars, key=lambda s: s.node_id)
         assert (sidecar.node_id, sidecar.state, sidecar.applied_revision) == ("users-v1-a", "ACK", 3)
+        assert sidecar.sent_revision == 3
+        assert (nacked.node_id, nacked.state, nacked.nack_reason) == ("users-v1-b", "NACK", "bad")
+        assert (nacked.applied_revision, nacked.sent_revision) == (3, 5)
         assert dict(sidecar.labels) == {"version": "v1"} and sidecar.connected and sidecar.serving
         assert sidecar.last_seen.ToDatetime().isoformat() == "2030-06-01T12:00:00"
 

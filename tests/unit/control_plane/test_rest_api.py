@@ -26,6 +26,7 @@ from control_plane.sqlite_store import STORE_FILE
 from tests.support.policy_api import (
     USERS,
     Harness,
+    SidecarStub,
     destination_rule,
     harness,
     register_sidecar,
@@ -64,6 +65,13 @@ async def call(
         text = await response.text()
         assert response.content_type == "application/json", text
         return response.status, json.loads(text)
+
+
+def nacked_sidecar() -> SidecarStub:
+    """A sidecar that rejected the snapshot sent for revision 5 and serves revision 3's."""
+    return SidecarStub(
+        node_id="users-v1-b", sent_version="5-0123456789ab", sent_revision=5, state="NACK", nack_reason="bad"
+    )
 
 
 def test_every_operation_round_trips(tmp_path: Path) -> None:
@@ -135,12 +143,17 @@ def test_every_operation_round_trips(tmp_path: Path) -> None:
         assert status == 200 and data["result"]["action"] == "created"
 
         register_sidecar(h.registry)
+        h.registry.records.append(nacked_sidecar())
         status, data = await call(client, "GET", "/api/v1/sidecars", h.token(Role.READ))
         assert status == 200 and data["storeRevision"] == "6"
-        (sidecar,) = data["sidecars"]
+        sidecar, nacked = sorted(data["sidecars"], key=lambda s: str(s["nodeId"]))
         assert sidecar["nodeId"] == "users-v1-a" and sidecar["state"] == "ACK"
         assert sidecar["labels"] == {"version": "v1"} and sidecar["appliedRevision"] == "3"
+        assert sidecar["sentRevision"] == "3"
         assert sidecar["lastSeen"] == "2030-06-01T12:00:00Z"
+        # Which revision the NACKed snapshot was built for: 5, while it still serves 3.
+        assert (nacked["nodeId"], nacked["state"], nacked["nackReason"]) == ("users-v1-b", "NACK", "bad")
+        assert (nacked["appliedRevision"], nacked["sentRevision"]) == ("3", "5")
 
     with_client(tmp_path, body)
 

@@ -1,6 +1,6 @@
 """`meshctl apply --wait`: poll the sidecar list until every connected sidecar applied the new
-revision, fail on a NACK of a snapshot sent after the change, time out listing the laggards.
-Runs on a fake clock, so a 30 s timeout takes no real time."""
+revision, fail on a NACK of a snapshot built for it (sentRevision at least the target), time out
+listing the laggards. Runs on a fake clock, so a 30 s timeout takes no real time."""
 
 from __future__ import annotations
 
@@ -25,6 +25,7 @@ from tests.support.meshctl_runner import FakeClock, run_meshctl, serve_fake
 
 VS_YAML = "kind: VirtualService\nmetadata: {name: users}\nspec: {hosts: [users]}\n"
 DR_YAML = "kind: DestinationRule\nmetadata: {name: users}\nspec: {host: users}\n"
+APPLY = "/api/v1/apply"
 SIDECARS = "/api/v1/sidecars"
 
 
@@ -46,32 +47,28 @@ def applied(cp: FakeControlPlane, vs_version: int = 12, dr_version: int = 9) -> 
         result_json(resource_json("users", {}, version=vs_version), "updated"),
         result_json(resource_json("users", {}, kind="DestinationRule", version=dr_version), "unchanged"),
     ]
-    cp.reply("POST", "/api/v1/apply", {"results": results})
-
-
-def before(*sidecars: dict[str, Any]) -> tuple[int, dict[str, Any]]:
-    return 200, sidecars_json(*sidecars, revision=10)
+    cp.reply("POST", APPLY, {"results": results})
 
 
 def after(*sidecars: dict[str, Any]) -> tuple[int, dict[str, Any]]:
     return 200, sidecars_json(*sidecars, revision=12)
 
 
+def request_sequence(cp: FakeControlPlane) -> list[tuple[str, str]]:
+    return [(r.method, r.path) for r in cp.requests]
+
+
 def test_waits_until_every_connected_sidecar_applied_the_revision(
     cp: FakeControlPlane, policy: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     applied(cp)
-    old_a, old_b = (
-        sidecar_json("a", revision=10, sent_version="v10"),
-        sidecar_json("b", revision=10, sent_version="v10"),
-    )
-    pending_b = sidecar_json("b", revision=10, state="PENDING", sent_version="v11")
+    old_a, old_b = sidecar_json("a", revision=10), sidecar_json("b", revision=10)
+    pending_b = sidecar_json("b", revision=10, state="PENDING", sent_version="v12", sent_revision=12)
     gone = sidecar_json("gone", revision=3, connected=False)  # not connected: not waited for
     cp.replies(
         "GET",
         SIDECARS,
         [
-            before(old_a, old_b, gone),
             after(old_a, old_b, gone),
             after(sidecar_json("a", revision=12), pending_b, gone),
             after(sidecar_json("a", revision=12), sidecar_json("b", revision=13), gone),
@@ -80,8 +77,8 @@ def test_waits_until_every_connected_sidecar_applied_the_revision(
     clock = FakeClock()
     assert run_meshctl("apply", "-f", policy, "--wait", clock=clock) == 0
 
-    # One look before the apply (the baseline), then polls until both ACK revision 12 or later.
-    assert [r.method for r in cp.requests] == ["GET", "POST", "GET", "GET", "GET"]
+    # The apply, then polls until both ACK revision 12 or later: no look before the apply.
+    assert request_sequence(cp) == [("POST", APPLY), ("GET", SIDECARS), ("GET", SIDECARS), ("GET", SIDECARS)]
     assert clock.sleeps == [0.1, 0.1]
     captured = capsys.readouterr()
     assert captured.out.splitlines() == [
@@ -94,37 +91,32 @@ def test_waits_until_every_connected_sidecar_applied_the_revision(
 
 def test_the_target_is_the_highest_revision_the_apply_returned(cp: FakeControlPlane, policy: str) -> None:
     applied(cp, vs_version=4, dr_version=20)  # an unchanged resource can carry the higher version
-    cp.replies(
-        "GET",
-        SIDECARS,
-        [
-            before(sidecar_json("a", revision=4)),
-            after(sidecar_json("a", revision=4)),
-            after(sidecar_json("a", revision=20)),
-        ],
-    )
+    cp.replies("GET", SIDECARS, [after(sidecar_json("a", revision=4)), after(sidecar_json("a", revision=20))])
     clock = FakeClock()
     assert run_meshctl("apply", "-f", policy, "--wait", clock=clock) == 0
-    assert len(cp.requests_to("GET", SIDECARS)) == 3
+    assert request_sequence(cp) == [("POST", APPLY), ("GET", SIDECARS), ("GET", SIDECARS)]
 
 
-def test_a_nack_of_a_snapshot_sent_after_the_change_fails(
-    cp: FakeControlPlane, policy: str, capsys: pytest.CaptureFixture[str]
+@pytest.mark.parametrize("sent_revision", [12, 13])
+def test_a_nack_of_a_snapshot_built_for_the_revision_or_later_fails(
+    cp: FakeControlPlane, policy: str, capsys: pytest.CaptureFixture[str], sent_revision: int
 ) -> None:
     applied(cp)
     reason = "VirtualService users: route to unknown subset v3"
+    nack = sidecar_json(
+        "b", revision=10, state="NACK", sent_version="v12", sent_revision=sent_revision, nackReason=reason
+    )
     cp.replies(
         "GET",
         SIDECARS,
         [
-            before(sidecar_json("a", revision=10, sent_version="v10"), sidecar_json("b", revision=10)),
-            after(
-                sidecar_json("a", revision=12),
-                sidecar_json("b", revision=10, state="NACK", sent_version="v11", nackReason=reason),
-            ),
+            after(sidecar_json("a", revision=10), sidecar_json("b", revision=10)),
+            after(sidecar_json("a"), nack),
         ],
     )
-    assert run_meshctl("apply", "-f", policy, "--wait") == 1
+    clock = FakeClock()
+    assert run_meshctl("apply", "-f", policy, "--wait", clock=clock) == 1
+    assert request_sequence(cp) == [("POST", APPLY), ("GET", SIDECARS), ("GET", SIDECARS)]
     captured = capsys.readouterr()
     assert "Traceback" not in captured.err
     assert f"meshctl apply: error: sidecar users.default (b) rejected the config: {reason}" in captured.err
@@ -136,13 +128,14 @@ def test_an_older_nack_still_showing_is_not_taken_for_a_rejection(
     cp: FakeControlPlane, policy: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     applied(cp)
-    stale = sidecar_json("a", revision=10, state="NACK", sent_version="v11", nackReason="bad regex")
-    cp.replies(
-        "GET",
-        SIDECARS,
-        [before(stale), after(stale), after(sidecar_json("a", revision=12, sent_version="v12"))],
+    # It rejected the snapshot for revision 11; the one for 12 has not reached it yet.
+    stale = sidecar_json(
+        "a", revision=10, state="NACK", sent_version="v11", sent_revision=11, nackReason="bad"
     )
-    assert run_meshctl("apply", "-f", policy, "--wait") == 0
+    cp.replies("GET", SIDECARS, [after(stale), after(stale), after(sidecar_json("a", revision=12))])
+    clock = FakeClock()
+    assert run_meshctl("apply", "-f", policy, "--wait", clock=clock) == 0
+    assert request_sequence(cp) == [("POST", APPLY)] + [("GET", SIDECARS)] * 3
     assert "1 sidecar applied revision 12" in capsys.readouterr().out
 
 
@@ -150,16 +143,25 @@ def test_a_timeout_lists_the_sidecars_that_are_behind(
     cp: FakeControlPlane, policy: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     applied(cp)
-    lagging = sidecar_json("b", service="orders", revision=10, state="PENDING", sent_version="v11")
-    stale_nack = sidecar_json(
-        "c", revision=10, state="NACK", sent_version="v9", nackReason="old news", inboundAddress=""
+    lagging = sidecar_json(
+        "b", service="orders", revision=10, state="PENDING", sent_version="v12", sent_revision=12
     )
-    cp.replies("GET", SIDECARS, [before(lagging, stale_nack), after(sidecar_json("a"), lagging, stale_nack)])
+    stale_nack = sidecar_json(
+        "c",
+        revision=10,
+        state="NACK",
+        sent_version="v9",
+        sent_revision=9,
+        nackReason="old news",
+        inboundAddress="",
+    )
+    cp.reply("GET", SIDECARS, sidecars_json(sidecar_json("a"), lagging, stale_nack))
     clock = FakeClock()
     assert run_meshctl("apply", "-f", policy, "--wait", "--timeout", "1500ms", clock=clock) == 1
 
     assert sum(clock.sleeps) == pytest.approx(1.5)
-    assert len(cp.requests_to("GET", SIDECARS)) == len(clock.sleeps) + 2  # the baseline, then each poll
+    # The apply, then one look per sleep and one more at the deadline.
+    assert request_sequence(cp) == [("POST", APPLY)] + [("GET", SIDECARS)] * (len(clock.sleeps) + 1)
     err = capsys.readouterr().err.splitlines()
     assert err[1:] == [
         "meshctl apply: error: timed out after 1.5s: 2 of 3 sidecars have not applied revision 12",
@@ -185,14 +187,16 @@ def test_wait_with_dry_run_is_a_usage_error(
     assert cp.requests == []
 
 
-def test_a_refused_status_request_fails_before_anything_is_applied(
+def test_a_refused_status_request_fails_the_wait_after_the_apply(
     cp: FakeControlPlane, policy: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     applied(cp)
     cp.error("GET", SIDECARS, 403, "PERMISSION_DENIED", "role reader may not list sidecars")
     assert run_meshctl("apply", "-f", policy, "--wait") == 1
-    assert "role reader may not list sidecars" in capsys.readouterr().err
-    assert cp.requests_to("POST", "/api/v1/apply") == []
+    assert request_sequence(cp) == [("POST", APPLY), ("GET", SIDECARS)]
+    err = capsys.readouterr().err
+    assert "meshctl apply: error: role reader may not list sidecars" in err
+    assert "the change is stored (revision 12); the wait could not check the sidecars" in err
 
 
 @pytest.mark.parametrize(
@@ -246,7 +250,7 @@ def test_a_control_plane_restart_during_the_wait_is_ridden_out() -> None:
     down = ControlPlaneUnreachable("http://127.0.0.1:1", "connection refused")
     client = ScriptedClient([listing(10), down, down, listing(12, 12)])
     clock = FakeClock()
-    outcome = wait_for_revision(client, 12, baseline={}, timeout=5, clock=clock, sleep=clock.sleep)
+    outcome = wait_for_revision(client, 12, timeout=5, clock=clock, sleep=clock.sleep)
     assert outcome.done and outcome.sidecars == 2
     assert outcome.elapsed == pytest.approx(0.3)
 
@@ -254,9 +258,27 @@ def test_a_control_plane_restart_during_the_wait_is_ridden_out() -> None:
 def test_a_control_plane_that_stays_away_ends_the_wait_with_its_error() -> None:
     down = ControlPlaneUnreachable("http://127.0.0.1:1", "connection refused")
     clock = FakeClock()
-    outcome = wait_for_revision(
-        ScriptedClient([down]), 12, baseline={}, timeout=1, clock=clock, sleep=clock.sleep
-    )
+    outcome = wait_for_revision(ScriptedClient([down]), 12, timeout=1, clock=clock, sleep=clock.sleep)
     assert not outcome.done and not outcome.lagging and not outcome.rejected
     assert outcome.last_error == "control plane not reachable at http://127.0.0.1:1: connection refused"
     assert clock.now - 1000.0 == pytest.approx(1.0)
+
+
+def nacked(node_id: str, sent_revision: int) -> SidecarStatus:
+    return SidecarStatus.from_json(
+        sidecar_json(node_id, revision=10, state="NACK", sent_revision=sent_revision, nackReason="bad")
+    )
+
+
+def test_a_nack_is_a_rejection_exactly_when_its_sent_revision_reaches_the_target() -> None:
+    clock = FakeClock()
+    older, exact, later = nacked("older", 11), nacked("exact", 12), nacked("later", 14)
+    client = ScriptedClient([SidecarList([older, exact, later], 14)])
+    outcome = wait_for_revision(client, 12, timeout=5, clock=clock, sleep=clock.sleep)
+    assert [s.node_id for s in outcome.rejected] == ["exact", "later"] and not outcome.lagging
+
+    clock = FakeClock()
+    outcome = wait_for_revision(
+        ScriptedClient([SidecarList([older], 14)]), 12, timeout=1, clock=clock, sleep=clock.sleep
+    )
+    assert not outcome.rejected and [s.node_id for s in outcome.lagging] == ["older"]

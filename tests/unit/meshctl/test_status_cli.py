@@ -99,6 +99,7 @@ def test_json_output_spells_out_every_field(cp: FakeControlPlane, capsys: pytest
                 "serving": False,
                 "adminAddress": "127.0.0.1:15000",
                 "appliedRevision": 0,
+                "sentRevision": 0,  # absent from the reply: zero
             }
         ],
         "summary": {"connected": 0, "behind": 0, "disconnected": 1},
