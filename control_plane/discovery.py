@@ -38,6 +38,7 @@ import contextlib
 import logging
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
@@ -169,6 +170,12 @@ class DiscoveryServicer(discovery_pb2_grpc.DiscoveryServiceServicer):  # type: i
         self._unsubscribe = self.registry.subscribe(self._on_registry_change)
         self.pushes = 0  # snapshots queued after the first one of a stream (for tests and metrics)
         self.failed_passes = 0  # push passes that raised (each one is retried)
+        self.acks = 0  # Acks and Nacks of versions sent on the stream (for metrics)
+        self.nacks = 0
+        # Called after a pass that queued snapshots with the seconds since the change it pushes
+        # was noticed (the first notify or registry change not yet pushed), for metrics.
+        self.on_push: Callable[[float], None] | None = None
+        self._dirty_since: float | None = None  # time.monotonic() of that first change
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -211,6 +218,8 @@ class DiscoveryServicer(discovery_pb2_grpc.DiscoveryServiceServicer):  # type: i
 
     def _mark_dirty(self) -> None:
         self._dirty = True
+        if self._dirty_since is None:
+            self._dirty_since = time.monotonic()
         if self._wake is not None:
             self._wake.set()
 
@@ -335,12 +344,14 @@ class DiscoveryServicer(discovery_pb2_grpc.DiscoveryServiceServicer):  # type: i
                     if revision is None:
                         log.warning("sidecar %s acked %r, which it was not sent; ignored", node_id, version)
                     else:
+                        self.acks += 1
                         self.registry.ack(node_id, version, revision)
                 elif kind == "nack":
                     version = request.nack.version
                     if version not in session.written:
                         log.warning("sidecar %s nacked %r, which it was not sent; ignored", node_id, version)
                     else:
+                        self.nacks += 1
                         self.registry.nack(node_id, version, request.nack.reason)
                         log.warning(
                             "sidecar %s refused snapshot %s: %s", node_id, version, request.nack.reason
@@ -425,7 +436,13 @@ class DiscoveryServicer(discovery_pb2_grpc.DiscoveryServiceServicer):  # type: i
         when the store cannot be read (the push loop retries). (Tests may call this too.)"""
         self.registry.expire()
         self._dirty = False  # this pass includes every change so far
-        resources = await asyncio.to_thread(self.builder.load, self.store)
+        since, self._dirty_since = self._dirty_since, None
+        try:
+            resources = await asyncio.to_thread(self.builder.load, self.store)
+        except BaseException:
+            if self._dirty_since is None:
+                self._dirty_since = since  # still to be pushed: the retry's latency counts from it
+            raise
         queued = 0
         for session in list(self._sessions.values()):
             record = self._current(session)
@@ -433,6 +450,8 @@ class DiscoveryServicer(discovery_pb2_grpc.DiscoveryServiceServicer):  # type: i
                 queued += 1
         self.pushes += queued
         self._progress()
+        if queued and since is not None and self.on_push is not None:
+            self.on_push(time.monotonic() - since)
         return queued
 
     def sidecars(self) -> list[SidecarRecord]:

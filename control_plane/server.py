@@ -2,7 +2,8 @@
 
 One gRPC server carries mesh.v1.DiscoveryService (sidecars' config streams), mesh.v1.PolicyService
 (bearer-token authenticated), grpc.health.v1 and server reflection (so ``grpcurl list`` works);
-one aiohttp server carries the REST API. Both run on the process's asyncio loop.
+one aiohttp server carries the REST API and the Prometheus metrics (``/metrics``). Both run on the
+process's asyncio loop.
 
 Data dir: the store (``SqliteStore``) and the API signing key (created on first start).
 """
@@ -28,6 +29,7 @@ from mesh.v1 import discovery_pb2, discovery_pb2_grpc
 from control_plane import grpc_api, rest
 from control_plane.auth import Clock, TokenVerifier, load_or_create_signing_key, utc_now
 from control_plane.discovery import DEFAULT_DEBOUNCE, DEFAULT_WARMUP, DiscoveryServicer, ServerKeepalive
+from control_plane.metrics import ControlPlaneMetrics
 from control_plane.policy_service import PolicyService
 from control_plane.sqlite_store import STORE_FILE, SqliteStore
 
@@ -131,9 +133,17 @@ class ControlPlane:
             raise StartError(f"gRPC: cannot listen on {self._grpc_listen}")
         grpc_address = join_listen(split_listen(self._grpc_listen)[0], port)
 
-        self._runner = web.AppRunner(
-            rest.create_app(service, verifier, max_body_bytes=self._max_body), access_log=None
-        )
+        app = rest.create_app(service, verifier, max_body_bytes=self._max_body)
+        metrics = ControlPlaneMetrics(discovery)
+
+        async def prometheus(_request: web.Request) -> web.Response:
+            body, content_type = metrics.exposition()
+            media_type, _sep, params = content_type.partition(";")
+            charset = params.partition("charset=")[2].strip() or None
+            return web.Response(body=body, content_type=media_type.strip(), charset=charset)
+
+        app.router.add_get("/metrics", prometheus)  # no token, like /healthz
+        self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         host, http_port = split_listen(self._http_listen)
         try:

@@ -15,6 +15,7 @@ from sidecar.call import Handler
 from sidecar.chain import build_inbound, build_outbound
 from sidecar.config import Address, Policy, SidecarConfig
 from sidecar.h2.stream import Limits
+from sidecar.metrics import SidecarMetrics
 from sidecar.pool import Pools
 from sidecar.relay import Relay
 from sidecar.stats import Stats
@@ -83,6 +84,15 @@ class Sidecar:
         version = "static-1" if config.control_plane is None else ""
         self.snapshot = self._build_snapshot(version, config)
         self.discovery: DiscoveryClient | None = None
+        self.metrics = SidecarMetrics(
+            workload=config.service,
+            version=config.labels.get("version", ""),
+            stats=self.stats,
+            config_version=lambda: self.snapshot.version,
+            services=lambda: self.snapshot.config.services,
+            discovery=lambda: self.discovery,
+            cert=config.tls.cert if config.tls is not None else None,
+        )
         self.app_health: AppHealthWatcher | None = None
         self._backoff = backoff
         self._servers: list[asyncio.Server] = []
@@ -140,13 +150,27 @@ class Sidecar:
         loop = asyncio.get_running_loop()
         cfg = self.config
         if cfg.outbound is not None:
-            relay = Relay("outbound", self._outbound, limits=self.limits, stats=self.stats, secure=False)
+            relay = Relay(
+                "outbound",
+                self._outbound,
+                limits=self.limits,
+                stats=self.stats,
+                secure=False,
+                metrics=self.metrics.calls,
+            )
             server = await loop.create_server(
                 relay.protocol, cfg.outbound.host, cfg.outbound.port, reuse_address=True
             )
             self._add(relay, server, "outbound")
         if cfg.inbound is not None:
-            relay = Relay("inbound", self._inbound, limits=self.limits, stats=self.stats, secure=True)
+            relay = Relay(
+                "inbound",
+                self._inbound,
+                limits=self.limits,
+                stats=self.stats,
+                secure=True,
+                metrics=self.metrics.calls,
+            )
             server = await loop.create_server(
                 relay.protocol, cfg.inbound.host, cfg.inbound.port, ssl=self._server_ssl, reuse_address=True
             )
@@ -166,7 +190,8 @@ class Sidecar:
         from sidecar.discovery import DiscoveryClient, hello_for
 
         hello = hello_for(self.config, self.addresses, identity=self.identity, node_id=self.node_id)
-        self.discovery = DiscoveryClient(str(control_plane), hello, self.apply, backoff=self._backoff)
+        apply = self.metrics.counting(self.apply)
+        self.discovery = DiscoveryClient(str(control_plane), hello, apply, backoff=self._backoff)
         self.discovery.start()
         if self.config.inbound is not None and self.config.app is not None:
             from sidecar.app_health import AppHealthWatcher
@@ -225,5 +250,8 @@ def build_admin_app_for(sidecar: Sidecar) -> web.Application:
     from sidecar.admin import build_admin_app
 
     return build_admin_app(
-        is_ready=lambda: sidecar.ready, config_dump=sidecar.config_dump, stats=sidecar.stats
+        is_ready=lambda: sidecar.ready,
+        config_dump=sidecar.config_dump,
+        stats=sidecar.stats,
+        metrics=sidecar.metrics.exposition,
     )

@@ -12,6 +12,7 @@ import asyncio
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from sidecar import tls
 from sidecar.call import CallHead, Handler
@@ -22,6 +23,9 @@ from sidecar.h2.connection import H2Connection
 from sidecar.h2.hpack_codec import Header, HeaderList
 from sidecar.h2.stream import Limits, Stream
 from sidecar.stats import Stats
+
+if TYPE_CHECKING:
+    from sidecar.metrics import CallMetrics
 
 log = logging.getLogger(__name__)
 
@@ -129,12 +133,14 @@ class ProxyCall:
         "down",
         "forward",
         "path",
+        "peer",
         "relay",
         "scheme",
         "service",
         "start",
         "timer",
         "up",
+        "version",
     )
 
     def __init__(
@@ -147,6 +153,7 @@ class ProxyCall:
         scheme: bytes,
         service: str,
         now: float,
+        version: str,
     ) -> None:
         self.relay = relay
         self.direction = relay.direction
@@ -157,6 +164,8 @@ class ProxyCall:
         self.scheme = scheme
         self.forward = head.headers
         self.service = service
+        self.version = version  # the destination's version label, for the metrics
+        self.peer = head.peer
         self.deadline = head.deadline
         self.start = now
         self.cancelled = False
@@ -280,7 +289,22 @@ class ProxyCall:
             self.timer.cancel()
             self.timer = None
         relay = self.relay
-        relay.stats.record(self.direction, self.service, status, (relay.clock() - self.start) * 1000.0)
+        millis = (relay.clock() - self.start) * 1000.0
+        relay.stats.record(self.direction, self.service, status, millis)
+        metrics = relay.metrics
+        if metrics is not None:
+            down = self.down
+            metrics.record(
+                self.direction,
+                self.service,
+                self.version,
+                self.peer,
+                status,
+                millis,
+                down.received,
+                self.up.received,
+                down.headers_sent,
+            )
 
 
 class _MutualTlsConnection(H2Connection):
@@ -308,12 +332,14 @@ class Relay:
         stats: Stats,
         secure: bool,
         clock: Callable[[], float] | None = None,
+        metrics: CallMetrics | None = None,
     ) -> None:
         self.direction = direction
         self.chain = chain  # returns the current snapshot's chain: calls keep the one they started with
         self.limits = limits
         self.stats = stats
         self.secure = secure
+        self.metrics = metrics
         self.loop = asyncio.get_running_loop()
         self.clock = clock or self.loop.time
         self.connections: set[H2Connection] = set()
@@ -364,7 +390,19 @@ class Relay:
             if not stream.recv_closed:
                 conn.reset(stream, F.NO_ERROR)
             self.stats.record(self.direction, head.service or "unknown", code, 0.0)
+            if self.metrics is not None:
+                # received: the request's DATA so far (none when it has not started)
+                self.metrics.record(
+                    self.direction, head.service, "", head.peer, code, 0.0, stream.received, 0, True
+                )
             return
+        metrics = self.metrics
+        if metrics is None:
+            version = ""
+        elif self.direction == "outbound":
+            version = metrics.version_of(target.pool)
+        else:
+            version = metrics.version
         call = ProxyCall(
             self,
             stream,
@@ -374,6 +412,7 @@ class Relay:
             target.scheme,
             target.service,
             now,
+            version,
         )
         if end_stream:
             call.up.end_queued = True

@@ -236,6 +236,7 @@ class H2Connection(asyncio.Protocol):
         if padding:
             self.credit(stream, padding)
         if data:
+            stream.received += len(data)
             oversized = stream.scan_messages(data, self.limits.max_message_bytes)
             if oversized >= 0:
                 self.credit(stream, len(data))

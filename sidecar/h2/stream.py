@@ -66,6 +66,7 @@ class Stream:
         "pending",
         "pending_bytes",
         "prefix",
+        "received",
         "recv_closed",
         "recv_window",
         "send_closed",
@@ -92,6 +93,7 @@ class Stream:
         self.headers_sent = False
         self.msg_left = 0  # bytes left in the current gRPC message
         self.prefix = b""  # partial 5-byte gRPC message prefix
+        self.received = 0  # DATA payload bytes received (padding excluded), for the metrics
 
     @property
     def at_message_boundary(self) -> bool:
