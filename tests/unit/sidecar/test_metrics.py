@@ -83,6 +83,9 @@ def test_outbound_and_inbound_calls_carry_istios_labels() -> None:
     assert value(registry, "istio_request_duration_milliseconds_sum", **ok) == pytest.approx(6.0)
     assert value(registry, "istio_request_duration_milliseconds_bucket", le="1.0", **ok) == 0
     assert value(registry, "istio_request_duration_milliseconds_bucket", le="5.0", **ok) == 3
+    assert value(registry, "istio_request_duration_milliseconds_bucket", le="+Inf", **ok) == 3
+    assert value(registry, "istio_request_duration_milliseconds_bucket", le="+Inf") == 5
+    assert value(registry, "istio_request_duration_milliseconds_bucket", le="500.0") == 4  # not the 700 ms
     assert value(registry, "istio_request_bytes_sum", **ok) == 36
     assert value(registry, "istio_response_bytes_sum", **ok) == 90
     assert value(registry, "istio_response_bytes_bucket", le="100.0", **ok) == 3
