@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import random
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -19,6 +20,7 @@ from sidecar.metrics import SidecarMetrics
 from sidecar.pool import Pools
 from sidecar.relay import Relay
 from sidecar.stats import Stats
+from sidecar.traffic import NO_TRAFFIC, Traffic
 
 if TYPE_CHECKING:
     from sidecar.app_health import AppHealthWatcher
@@ -37,6 +39,7 @@ class Snapshot:
     inbound: Handler | None
     policies: tuple[Policy, ...] = ()  # pushed by the control plane (static mode has none)
     store_revision: int = 0
+    traffic: Traffic = NO_TRAFFIC  # the routing policies among them, compiled
 
 
 def _jsonable(value: Any) -> Any:
@@ -56,12 +59,19 @@ class Sidecar:
     policies come from the control plane's snapshots (see sidecar.discovery): the sidecar is
     ready once the first one is applied, and keeps its last good one while the control plane is
     away. `node_id` names this sidecar to the control plane (default: service-host-pid);
-    `backoff` paces its reconnects (default: 0.1 s doubling to 2 s, ±20%)."""
+    `backoff` paces its reconnects (default: 0.1 s doubling to 2 s, ±20%); `rand` draws weighted
+    routes and random load balancing (default: seeded from os.urandom)."""
 
     def __init__(
-        self, config: SidecarConfig, *, node_id: str | None = None, backoff: Backoff | None = None
+        self,
+        config: SidecarConfig,
+        *,
+        node_id: str | None = None,
+        backoff: Backoff | None = None,
+        rand: random.Random | None = None,
     ) -> None:
         self.config = config
+        self.random = rand if rand is not None else random.Random()
         self.stats = Stats()
         self.limits = Limits(
             max_concurrent_streams=config.max_concurrent_streams, max_message_bytes=config.max_message_bytes
@@ -110,11 +120,18 @@ class Sidecar:
         return self.config.control_plane is None or bool(self.snapshot.version)
 
     def _build_snapshot(
-        self, version: str, config: SidecarConfig, policies: tuple[Policy, ...] = (), store_revision: int = 0
+        self,
+        version: str,
+        config: SidecarConfig,
+        policies: tuple[Policy, ...] = (),
+        store_revision: int = 0,
+        traffic: Traffic = NO_TRAFFIC,
     ) -> Snapshot:
-        outbound = build_outbound(config, self.pools) if config.outbound is not None else None
+        outbound = None
+        if config.outbound is not None:
+            outbound = build_outbound(config, self.pools, traffic, self.random)
         inbound = build_inbound(config, self.pools) if config.inbound is not None else None
-        return Snapshot(version, config, outbound, inbound, policies, store_revision)
+        return Snapshot(version, config, outbound, inbound, policies, store_revision, traffic)
 
     def apply(self, discovered: Discovered) -> None:
         """Swap in a pushed snapshot (already validated): new chains over the new services.
@@ -131,7 +148,7 @@ class Sidecar:
             return
         config = dataclasses.replace(self.config, services=discovered.services)
         self.snapshot = self._build_snapshot(
-            discovered.version, config, discovered.policies, discovered.store_revision
+            discovered.version, config, discovered.policies, discovered.store_revision, discovered.traffic
         )
         keep = {ep.address for entry in discovered.services.values() for ep in entry.endpoints}
         self.pools.retire_secure(keep)

@@ -22,6 +22,7 @@ class CallHead:
     peer: str | None  # the caller's SPIFFE ID (inbound, verified by mTLS), else None
     deadline: float | None  # absolute, on the sidecar's clock
     service: str = ""  # the destination service, once a filter has resolved it
+    subset: str | None = None  # its DestinationRule subset, when a route names one
     attributes: dict[str, object] = field(default_factory=dict)
 
     @property

@@ -6,15 +6,28 @@ handler (`Filter(inner, ...)`); the last handler picks the upstream.
 
 from __future__ import annotations
 
+import random
+
+from sidecar.balancer import Balancer
 from sidecar.call import Handler
 from sidecar.config import SidecarConfig
 from sidecar.filters.router import Router
+from sidecar.filters.routes import Routes, RoutesConfig
 from sidecar.pool import Pools
+from sidecar.traffic import NO_TRAFFIC, Traffic
 from sidecar.upstreams import LocalApp, RemoteEndpoints
 
 
-def build_outbound(config: SidecarConfig, pools: Pools) -> Handler:
-    handler: Handler = RemoteEndpoints(config.services, pools)
+def build_outbound(
+    config: SidecarConfig, pools: Pools, traffic: Traffic = NO_TRAFFIC, rand: random.Random | None = None
+) -> Handler:
+    handler: Handler
+    if traffic is NO_TRAFFIC:  # no policies: round robin over each service's endpoints
+        handler = RemoteEndpoints(config.services, pools)
+    else:
+        rand = rand if rand is not None else random.Random()
+        handler = Balancer(traffic, pools, rand)
+        handler = Routes(handler, RoutesConfig(traffic, rand))
     handler = Router(handler, config.services)
     return handler
 

@@ -47,6 +47,7 @@ from control_plane.resources import KINDS
 from control_plane.spiffe import spiffe_id_of
 from sidecar import wire_checks
 from sidecar.config import Address, Endpoint, Policy, ServiceEntry, SidecarConfig
+from sidecar.traffic import NO_TRAFFIC, PolicyRejected, Traffic, compile_traffic
 from sidecar.wire_checks import CheckFailed
 
 log = logging.getLogger(__name__)
@@ -73,6 +74,8 @@ class Discovered:
     policies: tuple[Policy, ...]
     # gRPC services that several services serve (→ those services, sorted): not routed by :path
     ambiguous_grpc_services: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    # the VirtualServices and DestinationRules among `policies`, compiled (sidecar.traffic)
+    traffic: Traffic = NO_TRAFFIC
 
 
 # ---------------------------------------------------------------------------- from_proto
@@ -120,7 +123,7 @@ def from_proto(snapshot: discovery_pb2.Snapshot) -> Discovered:
     """Validate a pushed snapshot and convert it; raises SnapshotRejected naming the field."""
     try:
         return _from_proto(snapshot)
-    except CheckFailed as exc:
+    except (CheckFailed, PolicyRejected) as exc:
         raise SnapshotRejected(exc.path, exc.reason) from None
 
 
@@ -160,7 +163,10 @@ def _from_proto(snapshot: discovery_pb2.Snapshot) -> Discovered:
         keys[key] = i
         spec = _plain(json_format.MessageToDict(resource.spec))
         policies.append(Policy(*key, spec, resource.resource_version))
-    return Discovered(snapshot.version, snapshot.store_revision, services, tuple(policies), ambiguous)
+    traffic = compile_traffic(policies, services)  # PolicyRejected: a route the sidecar cannot use
+    return Discovered(
+        snapshot.version, snapshot.store_revision, services, tuple(policies), ambiguous, traffic
+    )
 
 
 # ---------------------------------------------------------------------------- hello

@@ -49,6 +49,10 @@ class UpstreamPool:
         self._closed = False
         self._tasks: set[asyncio.Task[None]] = set()
 
+    def in_flight(self) -> int:
+        """Calls open or waiting on this pool (least-request balancing compares these)."""
+        return sum(len(conn.streams) for conn in self.connections) + len(self._waiting)
+
     def submit(self, stream: Stream) -> None:
         for conn in self.connections:
             if conn.can_open_stream:

@@ -274,7 +274,8 @@ class ControlPlaneProcess:
 @dataclass
 class SidecarSpec:
     """One sidecar to start: client-only (outbound + admin) unless `app_kind` gives it a local app
-    ("echo": tests.support.echo_server) behind an inbound listener."""
+    ("echo": tests.support.echo_server; "users": services.users at the version of its `version`
+    label) behind an inbound listener."""
 
     service: str
     labels: dict[str, str] = field(default_factory=lambda: {"version": "v1"})
@@ -312,7 +313,7 @@ class RunningSidecar:
         return dump
 
 
-_APP_SERVICES = {"echo": ["test.Echo"]}
+_APP_SERVICES = {"echo": ["test.Echo"], "users": ["demo.v1.Users"]}
 
 
 def start_sidecars(
@@ -336,7 +337,13 @@ def start_sidecars(
         if spec.app_kind is not None:
             assert spec.app_kind in _APP_SERVICES, spec.app_kind
             ready = root / f"app-{name}.json"
-            argv = procs.python_argv("-m", "tests.support.echo_server", "--ready-file", str(ready))
+            if spec.app_kind == "users":
+                version = spec.labels.get("version", "v1")
+                argv = procs.python_argv(
+                    "-m", "services.users", "--version", version, "--ready-file", str(ready)
+                )
+            else:
+                argv = procs.python_argv("-m", "tests.support.echo_server", "--ready-file", str(ready))
             apps[name] = group.start(f"app-{name}", argv, ready, env=env, cwd=REPO)
     app_addresses = {name: str(app.wait_ready(timeout)["address"]) for name, app in apps.items()}
     started: list[tuple[SidecarSpec, procs.ManagedProcess]] = []

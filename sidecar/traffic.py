@@ -1,0 +1,291 @@
+"""Traffic tables: the pushed VirtualServices and DestinationRules, compiled once per snapshot.
+
+`compile_traffic(policies, services)` turns the policy specs into typed, immutable tables:
+
+- `clusters`: (service, subset or None) → the endpoints it selects and its load-balancing policy
+  (the DestinationRule's `trafficPolicy.loadBalancer`, a subset's own overriding it). The
+  `(service, None)` cluster is every endpoint of the service.
+- `routes`: service → its VirtualService's http[] routes in order, each with compiled matchers
+  (regexes compiled here, header names as bytes) and cumulative weights over its destinations.
+
+A spec the sidecar cannot use raises `PolicyRejected` naming the field (`policies[i].spec...`);
+discovery turns it into a NACK and the sidecar keeps its last good snapshot. A route to a subset
+its DestinationRule does not define is such an error; a subset whose labels select no endpoint
+is not (endpoints come and go): calls routed to it fail with UNAVAILABLE until one registers.
+
+docs/traffic.md explains the semantics chosen.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from sidecar.config import Endpoint, Policy, ServiceEntry
+
+DEFAULT_RING_SIZE = 1024
+
+
+class PolicyRejected(ValueError):
+    """A pushed policy the sidecar will not apply: `path` names the field."""
+
+    def __init__(self, path: str, reason: str) -> None:
+        super().__init__(f"{path}: {reason}")
+        self.path = path
+        self.reason = reason
+
+
+@dataclass(frozen=True, slots=True)
+class LoadBalancer:
+    kind: str = "ROUND_ROBIN"  # ROUND_ROBIN | RANDOM | LEAST_REQUEST | RING_HASH
+    hash_header: bytes = b""  # RING_HASH: the metadata key hashed
+    ring_size: int = DEFAULT_RING_SIZE
+
+
+@dataclass(frozen=True, slots=True)
+class Cluster:
+    service: str
+    subset: str | None
+    endpoints: tuple[Endpoint, ...]
+    lb: LoadBalancer
+
+
+StrMatcher = Callable[[str], bool]
+
+
+@dataclass(frozen=True, slots=True)
+class HeaderCondition:
+    name: bytes
+    matches: StrMatcher  # on the value (several values of one key joined with ',')
+
+
+@dataclass(frozen=True, slots=True)
+class MatchBlock:
+    """Every condition must hold (AND)."""
+
+    uri: StrMatcher | None
+    headers: tuple[HeaderCondition, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """One http[] entry: matches if any block does (OR); no blocks matches every call."""
+
+    name: str
+    blocks: tuple[MatchBlock, ...]
+    destinations: tuple[tuple[str, str | None], ...]  # cluster keys
+    cumulative: tuple[int, ...]  # running sums of the weights
+    total: int
+
+
+@dataclass(frozen=True, slots=True)
+class Traffic:
+    routes: Mapping[str, tuple[Route, ...]]  # services with a VirtualService
+    clusters: Mapping[tuple[str, str | None], Cluster]
+    needs_headers: bool = False  # some route matches on headers
+
+
+NO_TRAFFIC = Traffic({}, {})  # no VirtualService or DestinationRule: plain round robin
+
+
+def service_of(host: str, services: Iterable[str]) -> str:
+    """The service a policy host names: itself if known, else its first label (users.default.svc → users)."""
+    if host in services:
+        return host
+    return host.split(".", 1)[0]
+
+
+# The sidecar reads the fields it routes with and checks their shape here, naming the field; it does
+# not re-run the policy API's full validation: a spec stored under older rules (unknown extra fields,
+# a destination host that is no service) must not make every caller Nack. Such a destination simply
+# has no endpoints.
+
+
+def _get(
+    obj: Mapping[str, Any], key: str, kind: type | tuple[type, ...], path: str, default: Any = None
+) -> Any:
+    if key not in obj:
+        return default
+    value = obj[key]
+    if not isinstance(value, kind) or (isinstance(value, bool) and kind is int):
+        names = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
+        raise PolicyRejected(f"{path}.{key}", f"expected {_a(names)}, got {type(value).__name__}")
+    return value
+
+
+def _a(name: str) -> str:
+    return {"dict": "an object", "list": "a list", "str": "a string", "int": "an integer"}.get(name, name)
+
+
+def _dicts(obj: Mapping[str, Any], key: str, path: str) -> list[tuple[str, dict[str, Any]]]:
+    items = _get(obj, key, list, path, [])
+    out = []
+    for i, value in enumerate(items):
+        if not isinstance(value, dict):
+            raise PolicyRejected(f"{path}.{key}[{i}]", f"expected an object, got {type(value).__name__}")
+        out.append((f"{path}.{key}[{i}]", value))
+    return out
+
+
+def _string_matcher(spec: Mapping[str, Any], path: str) -> StrMatcher:
+    if "exact" in spec:
+        value: str = _get(spec, "exact", str, path)
+        return value.__eq__
+    if "prefix" in spec:
+        prefix: str = _get(spec, "prefix", str, path)
+        return lambda s: s.startswith(prefix)
+    if "regex" in spec:
+        try:
+            pattern = re.compile(_get(spec, "regex", str, path))
+        except re.error as exc:
+            raise PolicyRejected(f"{path}.regex", f"invalid regular expression: {exc}") from None
+        return lambda s: pattern.fullmatch(s) is not None
+    if spec.get("present") is True:
+        return lambda s: True  # the header is there
+    raise PolicyRejected(path, "needs one of exact, prefix, regex (or present: true for headers)")
+
+
+def _never(value: str) -> bool:
+    return False
+
+
+def _block(spec: Mapping[str, Any], path: str = "match") -> MatchBlock:
+    uri = _string_matcher(_get(spec, "uri", dict, path), f"{path}.uri") if "uri" in spec else None
+    headers = []
+    for name, match in _get(spec, "headers", dict, path, {}).items():
+        key = str(name).lower()
+        if not isinstance(match, dict):
+            raise PolicyRejected(f"{path}.headers.{name}", f"expected an object, got {type(match).__name__}")
+        matcher = _string_matcher(match, f"{path}.headers.{name}")
+        # Binary metadata and pseudo-headers never match (the policy API refuses them too).
+        if key.endswith("-bin") or key.startswith(":"):
+            matcher = _never
+        headers.append(HeaderCondition(key.encode("utf-8"), matcher))
+    return MatchBlock(uri, tuple(headers))
+
+
+LOAD_BALANCERS = ("ROUND_ROBIN", "LEAST_REQUEST", "RANDOM")
+
+
+def _load_balancer(policy: Mapping[str, Any], path: str, default: LoadBalancer) -> LoadBalancer:
+    lb = _get(policy, "loadBalancer", dict, path)
+    if lb is None:
+        return default
+    path = f"{path}.loadBalancer"
+    if "simple" in lb:
+        simple = _get(lb, "simple", str, path)
+        if simple not in LOAD_BALANCERS:
+            raise PolicyRejected(f"{path}.simple", f"{simple!r} is not one of {', '.join(LOAD_BALANCERS)}")
+        return LoadBalancer(simple)
+    if "consistentHash" in lb:
+        ch = _get(lb, "consistentHash", dict, path)
+        header = _get(ch, "httpHeaderName", str, f"{path}.consistentHash")
+        if header is None:
+            raise PolicyRejected(
+                f"{path}.consistentHash.httpHeaderName", "required (the metadata key hashed)"
+            )
+        ring = _get(ch, "ringHash", dict, f"{path}.consistentHash", {})
+        size = _get(ring, "minimumRingSize", int, f"{path}.consistentHash.ringHash", DEFAULT_RING_SIZE)
+        return LoadBalancer("RING_HASH", header.lower().encode("utf-8"), max(1, size))
+    return default
+
+
+def _first_by_name(
+    policies: Iterable[tuple[int, Policy]], hosts: Callable[[int, dict[str, Any]], Iterable[str]]
+) -> dict[str, tuple[int, dict[str, Any]]]:
+    """host → (policy index, spec) of the first policy by (namespace, name) naming it."""
+    chosen: dict[str, tuple[int, dict[str, Any]]] = {}
+    for index, policy in sorted(policies, key=lambda t: (t[1].namespace, t[1].name)):
+        for host in hosts(index, policy.spec):
+            chosen.setdefault(host, (index, policy.spec))
+    return chosen
+
+
+def compile_traffic(policies: Iterable[Policy], services: Mapping[str, ServiceEntry]) -> Traffic:
+    """Compile the VirtualServices and DestinationRules among `policies`; PolicyRejected naming the
+    field when one cannot be used."""
+    rules = [(i, p) for i, p in enumerate(policies) if p.kind == "DestinationRule"]
+    virtuals = [(i, p) for i, p in enumerate(policies) if p.kind == "VirtualService"]
+    if not rules and not virtuals:
+        return NO_TRAFFIC
+    names = services.keys()
+
+    def rule_host(index: int, spec: dict[str, Any]) -> list[str]:
+        host = _get(spec, "host", str, f"policies[{index}].spec")
+        return [] if host is None else [service_of(host, names)]
+
+    def vs_hosts(index: int, spec: dict[str, Any]) -> list[str]:
+        path = f"policies[{index}].spec"
+        hosts = _get(spec, "hosts", list, path, [])
+        for j, host in enumerate(hosts):
+            if not isinstance(host, str):
+                raise PolicyRejected(f"{path}.hosts[{j}]", f"expected a string, got {type(host).__name__}")
+        return [service_of(h, names) for h in hosts]
+
+    by_host = _first_by_name(rules, rule_host)
+    clusters: dict[tuple[str, str | None], Cluster] = {}
+    defaults: dict[str, LoadBalancer] = {}
+    defined: dict[str, set[str]] = {}
+    for host, (index, rule) in by_host.items():
+        path = f"policies[{index}].spec"
+        defaults[host] = default = _load_balancer(
+            _get(rule, "trafficPolicy", dict, path, {}), f"{path}.trafficPolicy", LoadBalancer()
+        )
+        known = services.get(host)
+        endpoints = known.endpoints if known is not None else ()
+        for sub_path, subset in _dicts(rule, "subsets", path):
+            name = _get(subset, "name", str, sub_path)
+            if name is None:
+                raise PolicyRejected(f"{sub_path}.name", "required")
+            labels = _get(subset, "labels", dict, sub_path, {}).items()
+            selected = tuple(ep for ep in endpoints if labels <= ep.labels.items())
+            policy = _get(subset, "trafficPolicy", dict, sub_path, {})
+            lb = _load_balancer(policy, f"{sub_path}.trafficPolicy", default)
+            clusters[(host, name)] = Cluster(host, name, selected, lb)
+            defined.setdefault(host, set()).add(name)
+    for name, entry in services.items():
+        clusters[(name, None)] = Cluster(name, None, entry.endpoints, defaults.get(name, LoadBalancer()))
+
+    by_service = _first_by_name(virtuals, vs_hosts)
+    routes: dict[str, tuple[Route, ...]] = {}
+    needs_headers = False
+    for service, (index, spec) in by_service.items():
+        compiled = []
+        for path, http in _dicts(spec, "http", f"policies[{index}].spec"):
+            destinations: list[tuple[str, str | None]] = []
+            cumulative: list[int] = []
+            total = 0
+            targets = _dicts(http, "route", path)
+            if not targets:
+                raise PolicyRejected(f"{path}.route", "needs at least one destination")
+            weighted = any("weight" in route for _, route in targets)  # else an even split
+            for route_path, route in targets:
+                dest = _get(route, "destination", dict, route_path)
+                dest_host = None if dest is None else _get(dest, "host", str, f"{route_path}.destination")
+                if dest is None or dest_host is None:
+                    raise PolicyRejected(f"{route_path}.destination.host", "required")
+                host = service_of(dest_host, names)
+                subset = _get(dest, "subset", str, f"{route_path}.destination")
+                if subset is not None and subset not in defined.get(host, ()):
+                    raise PolicyRejected(
+                        f"{route_path}.destination.subset",
+                        f"no DestinationRule for {dest_host!r} defines subset {subset!r}",
+                    )
+                if (host, subset) not in clusters:  # a service this sidecar does not know (yet)
+                    clusters[(host, subset)] = Cluster(host, subset, (), LoadBalancer())
+                weight = _get(route, "weight", int, route_path, 0 if weighted else 1)
+                if weight < 0:
+                    raise PolicyRejected(f"{route_path}.weight", f"negative: {weight}")
+                total += weight
+                destinations.append((host, subset))
+                cumulative.append(total)
+            if total <= 0:
+                raise PolicyRejected(f"{path}.route", "weights sum to 0: the route could send nowhere")
+            blocks = tuple(_block(m, p) for p, m in _dicts(http, "match", path))
+            needs_headers = needs_headers or any(b.headers for b in blocks)
+            name = http.get("name", "")
+            compiled.append(Route(str(name), blocks, tuple(destinations), tuple(cumulative), total))
+        routes[service] = tuple(compiled)
+    return Traffic(routes, clusters, needs_headers)
