@@ -1,5 +1,5 @@
 """The sidecar's admin HTTP port: a running proxy explains itself (/ready, /config_dump, /stats,
-and /metrics in the Prometheus text format)."""
+/clusters, /certs, and /metrics in the Prometheus text format)."""
 
 from __future__ import annotations
 
@@ -16,6 +16,8 @@ def build_admin_app(
     config_dump: Callable[[], dict[str, object]],
     stats: Stats,
     metrics: Callable[[], tuple[bytes, str]] | None = None,
+    clusters: Callable[[], list[dict[str, object]]] | None = None,
+    certs: Callable[[], dict[str, object]] | None = None,
 ) -> web.Application:
     async def ready(_: web.Request) -> web.Response:
         if is_ready():
@@ -36,10 +38,20 @@ def build_admin_app(
         charset = params.partition("charset=")[2].strip() or None
         return web.Response(body=body, content_type=media_type.strip(), charset=charset)
 
+    async def clusters_json(_: web.Request) -> web.Response:
+        return web.json_response({"clusters": clusters() if clusters is not None else []})
+
+    async def certs_json(_: web.Request) -> web.Response:
+        if certs is None:
+            return web.json_response({"error": "no certificates configured (no tls)"}, status=404)
+        return web.json_response(certs())
+
     app = web.Application()
     app.router.add_get("/ready", ready)
     app.router.add_get("/config_dump", dump)
     app.router.add_get("/stats", stats_json)
+    app.router.add_get("/clusters", clusters_json)
+    app.router.add_get("/certs", certs_json)
     if metrics is not None:
         app.router.add_get("/metrics", prometheus)
     return app

@@ -12,7 +12,9 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from sidecar import tls
+from sidecar.access_log import AccessLog
 from sidecar.call import Handler
+from sidecar.certs import CertInfo
 from sidecar.chain import build_inbound, build_outbound
 from sidecar.config import Address, Policy, SidecarConfig
 from sidecar.h2.stream import Limits
@@ -104,6 +106,8 @@ class Sidecar:
             cert=config.tls.cert if config.tls is not None else None,
         )
         self.app_health: AppHealthWatcher | None = None
+        self.access_log = AccessLog(config.access_log) if config.access_log is not None else None
+        self.certs = CertInfo(config.tls.cert, config.tls.ca) if config.tls is not None else None
         self._backoff = backoff
         self._servers: list[asyncio.Server] = []
         self._relays: list[Relay] = []
@@ -137,8 +141,10 @@ class Sidecar:
         """Swap in a pushed snapshot (already validated): new chains over the new services.
         Calls in flight keep the handler they started with."""
         current = self.snapshot
-        if current.version and discovered.services == current.config.services and (
-            discovered.policies == current.policies
+        if (
+            current.version
+            and discovered.services == current.config.services
+            and (discovered.policies == current.policies)
         ):
             # Same content at a newer revision (or a reconnect): keep the chains, so round robin
             # and other per-chain state carry on.
@@ -174,6 +180,8 @@ class Sidecar:
                 stats=self.stats,
                 secure=False,
                 metrics=self.metrics.calls,
+                access_log=self.access_log,
+                source=cfg.service,
             )
             server = await loop.create_server(
                 relay.protocol, cfg.outbound.host, cfg.outbound.port, reuse_address=True
@@ -187,6 +195,7 @@ class Sidecar:
                 stats=self.stats,
                 secure=True,
                 metrics=self.metrics.calls,
+                access_log=self.access_log,
             )
             server = await loop.create_server(
                 relay.protocol, cfg.inbound.host, cfg.inbound.port, ssl=self._server_ssl, reuse_address=True
@@ -256,6 +265,38 @@ class Sidecar:
             await server.wait_closed()
         if self._admin is not None:
             await self._admin.cleanup()
+        if self.access_log is not None:
+            self.access_log.close()
+
+    def clusters(self) -> list[dict[str, object]]:
+        """Every upstream pool: its address, the services it serves in the snapshot in force
+        (with the endpoint's labels), its connections and the streams open or waiting on it."""
+        config = self.snapshot.config
+        serving: dict[Address, list[tuple[str, dict[str, str]]]] = {}
+        for name, entry in config.services.items():
+            for ep in entry.endpoints:
+                serving.setdefault(ep.address, []).append((name, dict(ep.labels)))
+        out: list[dict[str, object]] = []
+        for pool in self.pools.all():
+            services = serving.get(pool.address, [])
+            labels: dict[str, str] = {}
+            for _, ep_labels in services:
+                labels.update(ep_labels)
+            names = [name for name, _ in services]
+            if not names and pool.ssl_context is None and pool.address == config.app:
+                names = [config.service]  # the local app, behind the inbound listener
+            out.append(
+                {
+                    "address": str(pool.address),
+                    "secure": pool.ssl_context is not None,
+                    "services": names,
+                    "labels": labels,
+                    "connections": len(pool.connections),
+                    "in_flight": pool.in_flight(),
+                }
+            )
+        out.sort(key=lambda c: str(c["address"]))
+        return out
 
 
 def _bound(server: Any) -> str:
@@ -271,4 +312,6 @@ def build_admin_app_for(sidecar: Sidecar) -> web.Application:
         config_dump=sidecar.config_dump,
         stats=sidecar.stats,
         metrics=sidecar.metrics.exposition,
+        clusters=sidecar.clusters,
+        certs=sidecar.certs.as_json if sidecar.certs is not None else None,
     )

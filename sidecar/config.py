@@ -102,6 +102,7 @@ class SidecarConfig:
     control_plane: Address | None = None
     grpc_services: tuple[str, ...] = ()  # what the local app serves (sent in the Hello)
     dependencies: tuple[str, ...] = ()  # the services this sidecar calls; empty: every service
+    access_log: str | None = None  # "-" (stdout) or a file path; None: no access log
 
 
 _TOP_FIELDS = {
@@ -119,6 +120,7 @@ _TOP_FIELDS = {
     "control_plane",
     "grpc_services",
     "dependencies",
+    "access_log",
 }
 
 
@@ -196,6 +198,24 @@ def _check_loopback(address: Address, path: str) -> None:
         if address.host == "localhost":
             return
     raise ConfigError(path, "the plaintext outbound listener must be on a loopback address")
+
+
+def _access_log(value: object, base_dir: Path) -> str | None:
+    if value is None:
+        return None
+    spec = _mapping(value, "access_log")
+    _known(spec, {"path"}, "access_log")
+    path = spec.get("path")
+    if not isinstance(path, str) or not path:
+        raise ConfigError("access_log.path", f"expected '-' (stdout) or a file path, got {path!r}")
+    if path == "-":
+        return path
+    file = (base_dir / path) if not Path(path).is_absolute() else Path(path)
+    if not file.parent.is_dir():
+        raise ConfigError("access_log.path", f"directory not found: {file.parent}")
+    if file.is_dir():
+        raise ConfigError("access_log.path", f"is a directory: {path}")
+    return str(file)
 
 
 def parse_config(raw: object, base_dir: Path = Path()) -> SidecarConfig:
@@ -282,6 +302,7 @@ def parse_config(raw: object, base_dir: Path = Path()) -> SidecarConfig:
         control_plane=control_plane,
         grpc_services=grpc_services,
         dependencies=dependencies,
+        access_log=_access_log(top.get("access_log"), base_dir),
     )
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -25,7 +26,9 @@ from sidecar.h2.stream import Limits, Stream
 from sidecar.stats import Stats
 
 if TYPE_CHECKING:
+    from sidecar.access_log import AccessLog
     from sidecar.metrics import CallMetrics
+    from sidecar.pool import UpstreamPool
 
 log = logging.getLogger(__name__)
 
@@ -134,6 +137,7 @@ class ProxyCall:
         "forward",
         "path",
         "peer",
+        "pool",
         "relay",
         "scheme",
         "service",
@@ -154,8 +158,10 @@ class ProxyCall:
         service: str,
         now: float,
         version: str,
+        pool: UpstreamPool | None = None,
     ) -> None:
         self.relay = relay
+        self.pool = pool  # where the call went (the access log's upstream)
         self.direction = relay.direction
         self.down = down
         self.up = Stream(self)
@@ -223,7 +229,7 @@ class ProxyCall:
             # The caller cancelled (or its connection went away): cancel upstream too.
             self.cancelled = True
             self._abort_upstream(F.CANCEL)
-            self._finish(Code.CANCELLED)
+            self._finish(Code.CANCELLED, "cancelled")
             return
         if self.done:
             return
@@ -235,7 +241,7 @@ class ProxyCall:
             if code == F.REFUSED_STREAM and down.headers_sent:
                 code = F.CANCEL
             down.conn.reset(down, code)
-        self._finish(_RESET_STATUS.get(code, Code.INTERNAL))
+        self._finish(_RESET_STATUS.get(code, Code.INTERNAL), "upstream_reset")
 
     def on_oversized(self, stream: Stream, length: int) -> None:
         which = "request" if stream is self.down else "response"
@@ -253,9 +259,9 @@ class ProxyCall:
             return
         self.cancelled = True
         self._abort_upstream(F.CANCEL)
-        self.fail(Code.DEADLINE_EXCEEDED, "deadline exceeded")
+        self.fail(Code.DEADLINE_EXCEEDED, "deadline exceeded", "deadline")
 
-    def fail(self, code: int, message: str) -> None:
+    def fail(self, code: int, message: str, flags: str = "refused") -> None:
         """End the call for the caller with a status the sidecar makes."""
         down = self.down
         conn = down.conn
@@ -267,7 +273,7 @@ class ProxyCall:
             else:
                 conn.reset(down, F.INTERNAL_ERROR)
         self._stop_request()
-        self._finish(code)
+        self._finish(code, flags)
 
     def _stop_request(self) -> None:
         """The response is complete: tell a caller still sending to stop (RST_STREAM NO_ERROR)."""
@@ -281,7 +287,7 @@ class ProxyCall:
         if up.conn is not None:
             up.conn.reset(up, code)
 
-    def _finish(self, status: int) -> None:
+    def _finish(self, status: int, flags: str = "") -> None:
         if self.done:
             return
         self.done = True
@@ -304,6 +310,22 @@ class ProxyCall:
                 down.received,
                 self.up.received,
                 down.headers_sent,
+            )
+        access_log = relay.access_log
+        if access_log is not None:
+            pool = self.pool
+            access_log.record(
+                self.forward,
+                self.direction,
+                relay.source if self.peer is None else self.peer,
+                self.service,
+                self.path,
+                status,
+                millis,
+                self.down.received,
+                self.up.received,
+                "" if pool is None else str(pool.address),
+                flags,
             )
 
 
@@ -333,15 +355,21 @@ class Relay:
         secure: bool,
         clock: Callable[[], float] | None = None,
         metrics: CallMetrics | None = None,
+        access_log: AccessLog | None = None,
+        source: str = "",
     ) -> None:
         self.direction = direction
+        self.access_log = access_log
+        self.source = source  # this sidecar's service: the access log's source of outbound calls
         self.chain = chain  # returns the current snapshot's chain: calls keep the one they started with
         self.limits = limits
         self.stats = stats
         self.secure = secure
         self.metrics = metrics
         self.loop = asyncio.get_running_loop()
-        self.clock = clock or self.loop.time
+        # Not loop.time: uvloop's is cached per loop iteration at millisecond resolution, which
+        # made sub-millisecond calls last 0 ms in the metrics and the access log.
+        self.clock = clock or time.perf_counter
         self.connections: set[H2Connection] = set()
         self._parsed: dict[HeaderList, ParsedRequest] = {}
 
@@ -395,6 +423,20 @@ class Relay:
                 self.metrics.record(
                     self.direction, head.service, "", head.peer, code, 0.0, stream.received, 0, True
                 )
+            if self.access_log is not None:
+                self.access_log.record(
+                    head.headers,
+                    self.direction,
+                    self.source if head.peer is None else head.peer,
+                    head.service,
+                    parsed.path_bytes,
+                    code,
+                    0.0,
+                    stream.received,
+                    0,
+                    "",
+                    "refused",
+                )
             return
         metrics = self.metrics
         if metrics is None:
@@ -413,6 +455,7 @@ class Relay:
             target.service,
             now,
             version,
+            target.pool,
         )
         if end_stream:
             call.up.end_queued = True

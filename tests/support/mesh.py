@@ -146,6 +146,7 @@ def _sidecar_config(
     upstreams: dict[str, tuple[list[str], str]],
     max_message_bytes: int,
     drain_seconds: float,
+    access_log: Path | None = None,
 ) -> Path:
     listeners = {"admin": "127.0.0.1:0"}
     if app is None:
@@ -164,6 +165,8 @@ def _sidecar_config(
     }
     if app is not None:
         config["app"] = app
+    if access_log is not None:
+        config["access_log"] = {"path": str(access_log)}
     if upstreams:
         config["services"] = {
             name: {"grpc_services": grpc, "endpoints": [{"address": address, "labels": {"version": "v1"}}]}
@@ -171,6 +174,11 @@ def _sidecar_config(
         }
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     return path
+
+
+def access_log_path(root: Path, name: str) -> Path:
+    """Where the sidecar of `name` (or the client's) writes its access log, when it has one."""
+    return root / f"access-{name}.log"
 
 
 def _sidecar_argv(config: Path, ready: Path) -> list[str]:
@@ -189,12 +197,14 @@ def running_mesh(
     max_message_bytes: int = 64 << 20,
     drain_seconds: float = 5.0,
     app_front: Callable[[str, str], str] | None = None,
+    access_log: bool = False,
 ) -> Iterator[Mesh]:
     """Start the apps, their sidecars and the client sidecar; stop them all at the end and check
     that each exited 0 (a process the test killed on purpose excepted).
 
     `app_front(name, app_address)`, when given, returns the address a workload's sidecar sends
     its inbound calls to instead of the app's own (something the test puts in front of the app).
+    `access_log`: every sidecar logs its calls to `access_log_path(root, name)`.
     """
     root.mkdir(parents=True, exist_ok=True)
     now = datetime.now(UTC)
@@ -236,6 +246,7 @@ def running_mesh(
                     upstreams={},
                     max_message_bytes=max_message_bytes,
                     drain_seconds=drain_seconds,
+                    access_log=access_log_path(root, spec.name) if access_log else None,
                 )
                 ready = root / f"sidecar-{spec.name}.json"
                 sidecars[spec.name] = group.start(
@@ -262,6 +273,7 @@ def running_mesh(
                 upstreams=upstreams,
                 max_message_bytes=max_message_bytes,
                 drain_seconds=drain_seconds,
+                access_log=access_log_path(root, CLIENT) if access_log else None,
             )
             ready = root / f"sidecar-{CLIENT}.json"
             client = group.start(f"sidecar-{CLIENT}", _sidecar_argv(config, ready), ready, env=env, cwd=REPO)
