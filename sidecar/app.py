@@ -13,6 +13,7 @@ from aiohttp import web
 
 from sidecar import tls
 from sidecar.access_log import AccessLog
+from sidecar.authz import NO_AUTHZ, Authz
 from sidecar.call import Handler
 from sidecar.certs import CertInfo
 from sidecar.chain import build_inbound, build_outbound
@@ -42,6 +43,7 @@ class Snapshot:
     policies: tuple[Policy, ...] = ()  # pushed by the control plane (static mode has none)
     store_revision: int = 0
     traffic: Traffic = NO_TRAFFIC  # the routing policies among them, compiled
+    authz: Authz = NO_AUTHZ  # the AuthorizationPolicies among them, compiled
 
 
 def _jsonable(value: Any) -> Any:
@@ -130,12 +132,15 @@ class Sidecar:
         policies: tuple[Policy, ...] = (),
         store_revision: int = 0,
         traffic: Traffic = NO_TRAFFIC,
+        authz: Authz = NO_AUTHZ,
     ) -> Snapshot:
         outbound = None
         if config.outbound is not None:
             outbound = build_outbound(config, self.pools, traffic, self.random)
-        inbound = build_inbound(config, self.pools) if config.inbound is not None else None
-        return Snapshot(version, config, outbound, inbound, policies, store_revision, traffic)
+        inbound = None
+        if config.inbound is not None:
+            inbound = build_inbound(config, self.pools, authz, self.stats)
+        return Snapshot(version, config, outbound, inbound, policies, store_revision, traffic, authz)
 
     def apply(self, discovered: Discovered) -> None:
         """Swap in a pushed snapshot (already validated): new chains over the new services.
@@ -154,7 +159,12 @@ class Sidecar:
             return
         config = dataclasses.replace(self.config, services=discovered.services)
         self.snapshot = self._build_snapshot(
-            discovered.version, config, discovered.policies, discovered.store_revision, discovered.traffic
+            discovered.version,
+            config,
+            discovered.policies,
+            discovered.store_revision,
+            discovered.traffic,
+            discovered.authz,
         )
         keep = {ep.address for entry in discovered.services.values() for ep in entry.endpoints}
         self.pools.retire_secure(keep)

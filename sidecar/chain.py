@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import random
 
+from sidecar.authz import NO_AUTHZ, Authz
 from sidecar.balancer import Balancer
 from sidecar.call import Handler
 from sidecar.config import SidecarConfig
+from sidecar.filters.authorization import Authorization, AuthorizationConfig
 from sidecar.filters.router import Router
 from sidecar.filters.routes import Routes, RoutesConfig
 from sidecar.pool import Pools
+from sidecar.stats import Stats
 from sidecar.traffic import NO_TRAFFIC, Traffic
 from sidecar.upstreams import LocalApp, RemoteEndpoints
 
@@ -32,7 +35,11 @@ def build_outbound(
     return handler
 
 
-def build_inbound(config: SidecarConfig, pools: Pools) -> Handler:
+def build_inbound(
+    config: SidecarConfig, pools: Pools, authz: Authz = NO_AUTHZ, stats: Stats | None = None
+) -> Handler:
     assert config.app is not None
     handler: Handler = LocalApp(config.service, config.app, pools)
+    if not authz.empty:  # no AuthorizationPolicy: every caller the mTLS handshake let in
+        handler = Authorization(handler, AuthorizationConfig(authz, stats if stats is not None else Stats()))
     return handler

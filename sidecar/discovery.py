@@ -46,6 +46,7 @@ from mesh.v1 import discovery_pb2, discovery_pb2_grpc
 from control_plane.resources import KINDS
 from control_plane.spiffe import spiffe_id_of
 from sidecar import wire_checks
+from sidecar.authz import NO_AUTHZ, Authz, compile_authz
 from sidecar.config import Address, Endpoint, Policy, ServiceEntry, SidecarConfig
 from sidecar.traffic import NO_TRAFFIC, PolicyRejected, Traffic, compile_traffic
 from sidecar.wire_checks import CheckFailed
@@ -76,6 +77,8 @@ class Discovered:
     ambiguous_grpc_services: dict[str, tuple[str, ...]] = field(default_factory=dict)
     # the VirtualServices and DestinationRules among `policies`, compiled (sidecar.traffic)
     traffic: Traffic = NO_TRAFFIC
+    # the AuthorizationPolicies among `policies`, compiled (sidecar.authz)
+    authz: Authz = NO_AUTHZ
 
 
 # ---------------------------------------------------------------------------- from_proto
@@ -164,8 +167,9 @@ def _from_proto(snapshot: discovery_pb2.Snapshot) -> Discovered:
         spec = _plain(json_format.MessageToDict(resource.spec))
         policies.append(Policy(*key, spec, resource.resource_version))
     traffic = compile_traffic(policies, services)  # PolicyRejected: a route the sidecar cannot use
+    authz = compile_authz(policies)  # PolicyRejected: a rule the sidecar cannot use
     return Discovered(
-        snapshot.version, snapshot.store_revision, services, tuple(policies), ambiguous, traffic
+        snapshot.version, snapshot.store_revision, services, tuple(policies), ambiguous, traffic, authz
     )
 
 
