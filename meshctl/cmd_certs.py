@@ -34,7 +34,8 @@ def _utc_now() -> datetime:
     return datetime.now(UTC)
 
 
-def _positive_int(text: str) -> int:
+def positive_int(text: str) -> int:
+    """argparse type for a count or an id that must be > 0 (shared by the meshctl commands)."""
     try:
         value = int(text)
     except ValueError:
@@ -65,7 +66,7 @@ def register(
         "--trust-domain", default=DEFAULT_TRUST_DOMAIN, help="SPIFFE trust domain (default: %(default)s)"
     )
     init.add_argument(
-        "--days", type=_positive_int, default=3650, help="CA validity in days (default: %(default)s)"
+        "--days", type=positive_int, default=3650, help="CA validity in days (default: %(default)s)"
     )
     init.add_argument("--force", action="store_true", help="replace an existing CA in --dir")
     init.set_defaults(run=functools.partial(_run_init, clock=clock))
@@ -81,7 +82,7 @@ def register(
     issue.add_argument("--dir", default=DEFAULT_DIR, help="directory holding the CA (default: %(default)s)")
     issue.add_argument("--out", default=None, help="output directory (default: the CA directory)")
     issue.add_argument(
-        "--hours", type=_positive_int, default=24, help="validity in hours (default: %(default)s)"
+        "--hours", type=positive_int, default=24, help="validity in hours (default: %(default)s)"
     )
     issue.set_defaults(run=functools.partial(_run_issue, clock=clock))
 

@@ -27,6 +27,7 @@ from meshctl.api_client import (
     add_connection_arguments,
     client_from_args,
 )
+from meshctl.cmd_certs import positive_int
 from meshctl.cmd_status import (
     Clock,
     Sleep,
@@ -65,16 +66,6 @@ def parse_duration(text: str) -> float:
     if seconds <= 0:
         raise argparse.ArgumentTypeError(f"duration must be positive, got {text!r}")
     return seconds
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be positive, got {value}")
-    return value
 
 
 def register(
@@ -144,7 +135,7 @@ def register(
     delete.add_argument("--dry-run", action="store_true", help="show what would be deleted, delete nothing")
     delete.add_argument(
         "--resource-version",
-        type=_positive_int,
+        type=positive_int,
         default=0,
         metavar="N",
         help="delete only if the resource is still at this version",
@@ -168,12 +159,12 @@ def register(
     )
     _add_key_arguments(rollback)
     rollback.add_argument(
-        "--to", dest="to", type=_positive_int, required=True, metavar="N", help="the revision to restore"
+        "--to", dest="to", type=positive_int, required=True, metavar="N", help="the revision to restore"
     )
     rollback.add_argument("--dry-run", action="store_true", help="show the diff, store nothing")
     rollback.add_argument(
         "--resource-version",
-        type=_positive_int,
+        type=positive_int,
         default=0,
         metavar="N",
         help="roll back only if the resource is still at this version (not changed since you looked)",
