@@ -38,6 +38,8 @@ class Target:
     pool: UpstreamPool
     authority: bytes
     scheme: bytes
+    # Told the gRPC status of each attempt made on this target (outlier detection, breakers).
+    report: Callable[[int], None] | None = None
 
 
 Handler = Callable[[CallHead], Target]

@@ -139,6 +139,7 @@ class ProxyCall:
         "peer",
         "pool",
         "relay",
+        "report",
         "scheme",
         "service",
         "start",
@@ -159,9 +160,11 @@ class ProxyCall:
         now: float,
         version: str,
         pool: UpstreamPool | None = None,
+        report: Callable[[int], None] | None = None,
     ) -> None:
         self.relay = relay
         self.pool = pool  # where the call went (the access log's upstream)
+        self.report = report
         self.direction = relay.direction
         self.down = down
         self.up = Stream(self)
@@ -294,6 +297,8 @@ class ProxyCall:
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
+        if self.report is not None:
+            self.report(status)
         relay = self.relay
         millis = (relay.clock() - self.start) * 1000.0
         relay.stats.record(self.direction, self.service, status, millis)
@@ -456,6 +461,7 @@ class Relay:
             now,
             version,
             target.pool,
+            target.report,
         )
         if end_stream:
             call.up.end_queued = True
