@@ -17,6 +17,7 @@ def build_admin_app(
     stats: Stats,
     metrics: Callable[[], tuple[bytes, str]] | None = None,
     clusters: Callable[[], list[dict[str, object]]] | None = None,
+    destinations: Callable[[], list[dict[str, object]]] | None = None,
     certs: Callable[[], dict[str, object]] | None = None,
 ) -> web.Application:
     async def ready(_: web.Request) -> web.Response:
@@ -39,7 +40,14 @@ def build_admin_app(
         return web.Response(body=body, content_type=media_type.strip(), charset=charset)
 
     async def clusters_json(_: web.Request) -> web.Response:
-        return web.json_response({"clusters": clusters() if clusters is not None else []})
+        # clusters: every upstream pool (an endpoint), with the clusters that have ejected it;
+        # destinations: each cluster with resilience settings (breaker, overflows, outlier state).
+        return web.json_response(
+            {
+                "clusters": clusters() if clusters is not None else [],
+                "destinations": destinations() if destinations is not None else [],
+            }
+        )
 
     async def certs_json(_: web.Request) -> web.Response:
         if certs is None:

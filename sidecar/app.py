@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import random
@@ -17,6 +18,7 @@ from sidecar.authz import NO_AUTHZ, Authz
 from sidecar.call import Handler
 from sidecar.certs import CertInfo
 from sidecar.chain import build_inbound, build_outbound
+from sidecar.clusters import ClusterStates
 from sidecar.config import Address, Policy, SidecarConfig
 from sidecar.h2.stream import Limits
 from sidecar.metrics import SidecarMetrics
@@ -86,6 +88,9 @@ class Sidecar:
             server_ssl = tls.server_context(config.tls.cert, config.tls.key, config.tls.ca)
         self._server_ssl = server_ssl
         self.pools = Pools(self.limits, client_ssl)
+        # Outlier, breaker and connection-pool state per destination cluster, across snapshots.
+        self.cluster_states = ClusterStates(rand=self.random)
+        self._cluster_timer: asyncio.Task[None] | None = None
         self.identity = ""
         self.node_id = node_id or ""
         if config.control_plane is not None:
@@ -106,6 +111,7 @@ class Sidecar:
             services=lambda: self.snapshot.config.services,
             discovery=lambda: self.discovery,
             cert=config.tls.cert if config.tls is not None else None,
+            clusters=self.cluster_states,
         )
         self.app_health: AppHealthWatcher | None = None
         self.access_log = AccessLog(config.access_log) if config.access_log is not None else None
@@ -136,7 +142,11 @@ class Sidecar:
     ) -> Snapshot:
         outbound = None
         if config.outbound is not None:
-            outbound = build_outbound(config, self.pools, traffic, self.random)
+            self.cluster_states.sync(
+                (key, cluster.resilience, [str(ep.address) for ep in cluster.endpoints])
+                for key, cluster in traffic.clusters.items()
+            )
+            outbound = build_outbound(config, self.pools, traffic, self.random, self.cluster_states)
         inbound = None
         if config.inbound is not None:
             inbound = build_inbound(config, self.pools, authz, self.stats)
@@ -197,6 +207,7 @@ class Sidecar:
                 relay.protocol, cfg.outbound.host, cfg.outbound.port, reuse_address=True
             )
             self._add(relay, server, "outbound")
+            self._cluster_timer = loop.create_task(self.cluster_states.run(), name="outlier-sweeps")
         if cfg.inbound is not None:
             relay = Relay(
                 "inbound",
@@ -270,6 +281,10 @@ class Sidecar:
         for server in self._servers:
             server.close()
         await asyncio.gather(*(relay.drain(timeout) for relay in self._relays))
+        if self._cluster_timer is not None:
+            self._cluster_timer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._cluster_timer
         await self.pools.close()
         for server in self._servers:
             await server.wait_closed()
@@ -305,6 +320,14 @@ class Sidecar:
                     "in_flight": pool.in_flight(),
                 }
             )
+        ejected: dict[str, list[str]] = {}
+        for state in self.cluster_states.states.values():
+            for address in state.unavailable():
+                ejected.setdefault(address, []).append(
+                    state.service if state.key[1] is None else f"{state.service}/{state.key[1]}"
+                )
+        for pool_entry in out:
+            pool_entry["ejected_from"] = sorted(ejected.get(str(pool_entry["address"]), []))
         out.sort(key=lambda c: str(c["address"]))
         return out
 
@@ -323,5 +346,6 @@ def build_admin_app_for(sidecar: Sidecar) -> web.Application:
         stats=sidecar.stats,
         metrics=sidecar.metrics.exposition,
         clusters=sidecar.clusters,
+        destinations=sidecar.cluster_states.as_json,
         certs=sidecar.certs.as_json if sidecar.certs is not None else None,
     )

@@ -1,5 +1,7 @@
 """The outbound terminal when traffic policy exists: an endpoint of the call's cluster, per the
-cluster's load-balancing policy (DestinationRule `trafficPolicy.loadBalancer`).
+cluster's load-balancing policy (DestinationRule `trafficPolicy.loadBalancer`), among the
+endpoints outlier detection has not ejected, once the cluster's breaker and connection-pool
+limits admit the call (`Guarded`, for clusters with such settings).
 
 Pickers are built once per snapshot with their Targets: round robin is a `next`, random one
 random number, least request two random numbers and two in-flight counts (the pools' open and
@@ -16,6 +18,7 @@ from bisect import bisect_left
 from collections.abc import Callable
 
 from sidecar.call import CallHead, Target
+from sidecar.clusters import ClusterState, ClusterStates
 from sidecar.errors import NoRoute
 from sidecar.pool import Pools
 from sidecar.traffic import Cluster, Traffic
@@ -99,29 +102,93 @@ class RingHash:
         return self.owners[index if index < len(self.owners) else 0]
 
 
-def picker_for(cluster: Cluster, pools: Pools, rand: random.Random) -> Picker:
-    service = cluster.service
-    targets = [
-        Target(service, pools.get(ep.address, secure=True), service.encode(), b"https")
-        for ep in cluster.endpoints
-    ]
+def _build(cluster: Cluster, targets: list[Target], addresses: list[str], rand: random.Random) -> Picker:
     kind = cluster.lb.kind
     if kind == "RANDOM":
         return Random(targets, rand)
     if kind == "LEAST_REQUEST":
         return LeastRequest(targets, rand)
     if kind == "RING_HASH":
-        addresses = [str(ep.address) for ep in cluster.endpoints]
         return RingHash(targets, addresses, cluster.lb.hash_header, cluster.lb.ring_size, rand)
     return RoundRobin(targets)
+
+
+class Guarded:
+    """A cluster with resilience settings: the breaker and the connection-pool limits admit the
+    call first, then the picker chooses among the endpoints that may take calls (not ejected).
+    The picker over those is rebuilt only when that set changes."""
+
+    def __init__(
+        self,
+        cluster: Cluster,
+        targets: list[Target],
+        addresses: list[str],
+        rand: random.Random,
+        state: ClusterState,
+    ) -> None:
+        self.cluster = cluster
+        self.targets = targets
+        self.addresses = addresses
+        self.pools = [t.pool for t in targets]
+        self.rand = rand
+        self.state = state
+        self._seen = -1
+        self._picker: Picker | None = None
+
+    def _rebuild(self) -> None:
+        self._seen = self.state.version
+        out = self.state.unavailable()
+        kept = [(t, a) for t, a in zip(self.targets, self.addresses, strict=True) if a not in out]
+        if not kept:
+            self._picker = None
+            return
+        targets, addresses = (list(x) for x in zip(*kept, strict=True))
+        self._picker = _build(self.cluster, targets, addresses, self.rand)
+
+    def __call__(self, head: CallHead) -> Target:
+        state = self.state
+        if state.version != self._seen:
+            self._rebuild()
+        picker = self._picker
+        if picker is None:
+            cluster = self.cluster
+            which = "" if cluster.subset is None else f" subset '{cluster.subset}'"
+            raise NoRoute(
+                f"every endpoint of service '{cluster.service}'{which} is ejected "
+                f"by outlier detection ({len(self.targets)} in all)"
+            )
+        state.admit(self.pools)
+        return picker(head)
+
+
+def picker_for(
+    cluster: Cluster, pools: Pools, rand: random.Random, state: ClusterState | None = None
+) -> Picker:
+    service = cluster.service
+    addresses = [str(ep.address) for ep in cluster.endpoints]
+    targets = [
+        Target(
+            service,
+            pools.get(ep.address, secure=True),
+            service.encode(),
+            b"https",
+            None if state is None else state.reporter(address),
+        )
+        for ep, address in zip(cluster.endpoints, addresses, strict=True)
+    ]
+    if state is None:
+        return _build(cluster, targets, addresses, rand)
+    return Guarded(cluster, targets, addresses, rand, state)
 
 
 class Balancer:
     """Outbound terminal: an endpoint of (head.service, head.subset), over mutual TLS."""
 
-    def __init__(self, traffic: Traffic, pools: Pools, rand: random.Random) -> None:
+    def __init__(
+        self, traffic: Traffic, pools: Pools, rand: random.Random, states: ClusterStates | None = None
+    ) -> None:
         self._pickers = {
-            key: picker_for(cluster, pools, rand)
+            key: picker_for(cluster, pools, rand, None if states is None else states.get(key))
             for key, cluster in traffic.clusters.items()
             if cluster.endpoints
         }

@@ -11,6 +11,7 @@ import random
 from sidecar.authz import NO_AUTHZ, Authz
 from sidecar.balancer import Balancer
 from sidecar.call import Handler
+from sidecar.clusters import ClusterStates
 from sidecar.config import SidecarConfig
 from sidecar.filters.authorization import Authorization, AuthorizationConfig
 from sidecar.filters.router import Router
@@ -22,14 +23,18 @@ from sidecar.upstreams import LocalApp, RemoteEndpoints
 
 
 def build_outbound(
-    config: SidecarConfig, pools: Pools, traffic: Traffic = NO_TRAFFIC, rand: random.Random | None = None
+    config: SidecarConfig,
+    pools: Pools,
+    traffic: Traffic = NO_TRAFFIC,
+    rand: random.Random | None = None,
+    clusters: ClusterStates | None = None,
 ) -> Handler:
     handler: Handler
     if traffic is NO_TRAFFIC:  # no policies: round robin over each service's endpoints
         handler = RemoteEndpoints(config.services, pools)
     else:
         rand = rand if rand is not None else random.Random()
-        handler = Balancer(traffic, pools, rand)
+        handler = Balancer(traffic, pools, rand, clusters)
         handler = Routes(handler, RoutesConfig(traffic, rand))
     handler = Router(handler, config.services)
     return handler

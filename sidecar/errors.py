@@ -10,6 +10,9 @@ class MeshError(Exception):
     it never carries internal addresses or debug detail."""
 
     code: Code = Code.INTERNAL
+    # False when retrying can only make things worse (the call was refused to shed load): the
+    # retry loop must give the caller this status instead.
+    retryable: bool = True
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
@@ -22,6 +25,24 @@ class NoRoute(MeshError):
 
 class UpstreamUnavailable(MeshError):
     code = Code.UNAVAILABLE
+
+
+class Overflow(MeshError):
+    """Over a DestinationRule `connectionPool` limit; `kind` is "requests" or "pending"."""
+
+    code = Code.UNAVAILABLE
+    retryable = False
+
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
+class CircuitOpen(MeshError):
+    """The destination's circuit breaker is open (or half-open with its probes out)."""
+
+    code = Code.UNAVAILABLE
+    retryable = False
 
 
 class DeadlineExceeded(MeshError):

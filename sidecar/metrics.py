@@ -10,7 +10,9 @@ Cardinality is bounded: the labels are per workload, version and status, never p
 label takes at most `MAX_VALUES` distinct values and the rest collapse to "unknown".
 
 The mesh's own counters (`Stats.counters`), the applied config version, the discovery state and
-the certificate's expiry are read when scraped (`MeshCollector`): they cost nothing per call.
+the certificate's expiry are read when scraped (`MeshCollector`), as are the outlier ejections,
+connection-pool overflows and breaker states of each destination (`ClusterCollector`): they cost
+nothing per call.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
+from sidecar.clusters import ClusterStates
 from sidecar.config import Address, ServiceEntry
 from sidecar.stats import Stats
 
@@ -318,6 +321,43 @@ class MeshCollector(Collector):
             )
 
 
+class ClusterCollector(Collector):
+    """Outlier ejections, connection-pool overflows and breaker states per destination cluster
+    (sidecar.clusters), read when scraped."""
+
+    def __init__(self, states: ClusterStates) -> None:
+        self.states = states
+
+    def collect(self) -> Iterable[Metric]:
+        labels = ["destination_service", "destination_subset"]
+        ejections = CounterMetricFamily(
+            "grpc_mesh_outlier_ejections", "Endpoints ejected by outlier detection.", labels=labels
+        )
+        ejected = GaugeMetricFamily(
+            "grpc_mesh_outlier_ejected", "Endpoints ejected by outlier detection now.", labels=labels
+        )
+        overflows = CounterMetricFamily(
+            "grpc_mesh_overflows",
+            "Calls failed fast: over a connectionPool limit (requests, pending) or the circuit open.",
+            labels=[*labels, "limit"],
+        )
+        circuit = GaugeMetricFamily(
+            "grpc_mesh_circuit_state",
+            "The destination's breaker: 0 closed, 1 open, 2 half-open.",
+            labels=labels,
+        )
+        for (service, subset), state in sorted(self.states.states.items(), key=lambda kv: str(kv[0])):
+            values = [service, subset or ""]
+            ejections.add_metric(values, state.ejections)
+            ejected.add_metric(values, len(state.unavailable()))
+            for kind, count in sorted(state.overflows.items()):
+                overflows.add_metric([*values, kind], count)
+            if state.breaker is not None:
+                overflows.add_metric([*values, "circuit_open"], state.breaker.rejected)
+                circuit.add_metric(values, int(state.breaker.state))
+        return [ejections, ejected, overflows, circuit]
+
+
 class SidecarMetrics:
     """A sidecar's registry (its own, never the process-global one): the per-call metrics, the
     mesh collector, and the count of pushed snapshots applied or refused."""
@@ -332,6 +372,7 @@ class SidecarMetrics:
         services: Callable[[], Mapping[str, ServiceEntry]],
         discovery: Callable[[], Any],
         cert: Path | None,
+        clusters: ClusterStates | None = None,
     ) -> None:
         self.registry = CollectorRegistry(auto_describe=False)
         self.calls = CallMetrics(self.registry, workload=workload, version=version)
@@ -350,6 +391,8 @@ class SidecarMetrics:
             cert_not_after=not_after,
         )
         self.registry.register(MeshCollector(state))
+        if clusters is not None:
+            self.registry.register(ClusterCollector(clusters))
 
     def counting(self, apply: Callable[[_T], None]) -> Callable[[_T], None]:
         """`apply` (the discovery client's), counting the snapshots it applies and refuses."""

@@ -53,6 +53,10 @@ class UpstreamPool:
         """Calls open or waiting on this pool (least-request balancing compares these)."""
         return sum(len(conn.streams) for conn in self.connections) + len(self._waiting)
 
+    def waiting(self) -> int:
+        """Calls waiting for a connection or a stream slot (connectionPool's pending requests)."""
+        return len(self._waiting)
+
     def submit(self, stream: Stream) -> None:
         for conn in self.connections:
             if conn.can_open_stream:

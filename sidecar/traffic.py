@@ -2,9 +2,10 @@
 
 `compile_traffic(policies, services)` turns the policy specs into typed, immutable tables:
 
-- `clusters`: (service, subset or None) → the endpoints it selects and its load-balancing policy
-  (the DestinationRule's `trafficPolicy.loadBalancer`, a subset's own overriding it). The
-  `(service, None)` cluster is every endpoint of the service.
+- `clusters`: (service, subset or None) → the endpoints it selects, its load-balancing policy
+  (the DestinationRule's `trafficPolicy.loadBalancer`, a subset's own overriding it) and its
+  resilience settings (`connectionPool`, `outlierDetection`, `circuitBreaker`: sidecar.clusters).
+  The `(service, None)` cluster is every endpoint of the service.
 - `routes`: service → its VirtualService's http[] routes in order, each with compiled matchers
   (regexes compiled here, header names as bytes) and cumulative weights over its destinations.
 
@@ -18,12 +19,17 @@ docs/traffic.md explains the semantics chosen.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from control_plane.policy.fields import parse_duration
+from sidecar.circuit import BreakerConfig, ConnectionLimits
+from sidecar.clusters import NO_RESILIENCE, Resilience
 from sidecar.config import Endpoint, Policy, ServiceEntry
+from sidecar.outlier import FailurePercentageEjection, OutlierConfig, SuccessRateEjection
 
 DEFAULT_RING_SIZE = 1024
 
@@ -50,6 +56,7 @@ class Cluster:
     subset: str | None
     endpoints: tuple[Endpoint, ...]
     lb: LoadBalancer
+    resilience: Resilience = NO_RESILIENCE  # connectionPool, outlierDetection, circuitBreaker
 
 
 StrMatcher = Callable[[str], bool]
@@ -192,6 +199,106 @@ def _load_balancer(policy: Mapping[str, Any], path: str, default: LoadBalancer) 
     return default
 
 
+def _seconds(obj: Mapping[str, Any], key: str, path: str) -> float | None:
+    text = _get(obj, key, str, path)
+    if text is None:
+        return None
+    try:
+        return parse_duration(text)
+    except ValueError as exc:
+        raise PolicyRejected(f"{path}.{key}", str(exc)) from None
+
+
+def _count(obj: Mapping[str, Any], key: str, path: str, default: int, maximum: int | None = None) -> int:
+    value: int = _get(obj, key, int, path, default)
+    if value < 0 or (maximum is not None and value > maximum):
+        bound = "" if maximum is None else f" and at most {maximum}"
+        raise PolicyRejected(f"{path}.{key}", f"must be at least 0{bound}, got {value}")
+    return value
+
+
+def _connection_limits(spec: Mapping[str, Any], path: str) -> ConnectionLimits:
+    http = _get(spec, "http", dict, path, {})
+    path = f"{path}.http"
+    return ConnectionLimits(
+        max_requests=_count(http, "http2MaxRequests", path, 0),
+        max_pending=_count(http, "http1MaxPendingRequests", path, 0),
+        max_retries=_count(http, "maxRetries", path, 0),
+    )
+
+
+def _outlier(spec: Mapping[str, Any], path: str) -> OutlierConfig:
+    default = OutlierConfig()
+    consecutive = _count(spec, "consecutiveErrors", path, default.consecutive_errors)
+    base = _seconds(spec, "baseEjectionTime", path)
+    config = OutlierConfig(
+        consecutive_errors=_count(spec, "consecutive5xxErrors", path, consecutive),
+        consecutive_gateway_errors=_count(spec, "consecutiveGatewayErrors", path, 0),
+        interval=_seconds(spec, "interval", path) or default.interval,
+        base_ejection_time=default.base_ejection_time if base is None else base,
+        max_ejection_time=_seconds(spec, "maxEjectionTime", path) or default.max_ejection_time,
+        max_ejection_percent=_count(spec, "maxEjectionPercent", path, default.max_ejection_percent, 100),
+    )
+    rule = _get(spec, "successRateEjection", dict, path)
+    if rule is not None:
+        sub = f"{path}.successRateEjection"
+        d = SuccessRateEjection()
+        factor = _get(rule, "stdevFactor", (int, float), sub, d.stdev_factor)
+        if isinstance(factor, bool) or factor <= 0:
+            raise PolicyRejected(f"{sub}.stdevFactor", f"must be a number above 0, got {factor!r}")
+        config = dataclasses.replace(
+            config,
+            success_rate=SuccessRateEjection(
+                float(factor),
+                _count(rule, "enforcementPercentage", sub, d.enforcement_percentage, 100),
+                _count(rule, "minimumHosts", sub, d.minimum_hosts),
+                _count(rule, "requestVolume", sub, d.request_volume),
+            ),
+        )
+    rule = _get(spec, "failurePercentageEjection", dict, path)
+    if rule is not None:
+        sub = f"{path}.failurePercentageEjection"
+        f = FailurePercentageEjection()
+        config = dataclasses.replace(
+            config,
+            failure_percentage=FailurePercentageEjection(
+                _count(rule, "threshold", sub, f.threshold, 100),
+                _count(rule, "enforcementPercentage", sub, f.enforcement_percentage, 100),
+                _count(rule, "minimumHosts", sub, f.minimum_hosts),
+                _count(rule, "requestVolume", sub, f.request_volume),
+            ),
+        )
+    return config
+
+
+def _breaker(spec: Mapping[str, Any], path: str) -> BreakerConfig:
+    d = BreakerConfig()
+    open_time = _seconds(spec, "openTime", path)
+    config = BreakerConfig(
+        consecutive_failures=_count(spec, "consecutiveFailures", path, d.consecutive_failures),
+        open_time=d.open_time if open_time is None else open_time,
+        half_open_calls=_count(spec, "halfOpenCalls", path, d.half_open_calls),
+    )
+    checks = (("consecutiveFailures", config.consecutive_failures), ("halfOpenCalls", config.half_open_calls))
+    for key, value in checks:
+        if value < 1:
+            raise PolicyRejected(f"{path}.{key}", f"must be at least 1, got {value}")
+    return config
+
+
+def _resilience(policy: Mapping[str, Any], path: str, default: Resilience) -> Resilience:
+    """The trafficPolicy's connectionPool, outlierDetection and circuitBreaker; a block absent
+    here is the `default`'s (a subset's trafficPolicy over its rule's)."""
+    pool = _get(policy, "connectionPool", dict, path)
+    outlier = _get(policy, "outlierDetection", dict, path)
+    breaker = _get(policy, "circuitBreaker", dict, path)
+    return Resilience(
+        default.limits if pool is None else _connection_limits(pool, f"{path}.connectionPool"),
+        default.outlier if outlier is None else _outlier(outlier, f"{path}.outlierDetection"),
+        default.breaker if breaker is None else _breaker(breaker, f"{path}.circuitBreaker"),
+    )
+
+
 def _first_by_name(
     policies: Iterable[tuple[int, Policy]], hosts: Callable[[int, dict[str, Any]], Iterable[str]]
 ) -> dict[str, tuple[int, dict[str, Any]]]:
@@ -227,12 +334,13 @@ def compile_traffic(policies: Iterable[Policy], services: Mapping[str, ServiceEn
     by_host = _first_by_name(rules, rule_host)
     clusters: dict[tuple[str, str | None], Cluster] = {}
     defaults: dict[str, LoadBalancer] = {}
+    guards: dict[str, Resilience] = {}
     defined: dict[str, set[str]] = {}
     for host, (index, rule) in by_host.items():
         path = f"policies[{index}].spec"
-        defaults[host] = default = _load_balancer(
-            _get(rule, "trafficPolicy", dict, path, {}), f"{path}.trafficPolicy", LoadBalancer()
-        )
+        rule_policy = _get(rule, "trafficPolicy", dict, path, {})
+        defaults[host] = default = _load_balancer(rule_policy, f"{path}.trafficPolicy", LoadBalancer())
+        guards[host] = guard = _resilience(rule_policy, f"{path}.trafficPolicy", NO_RESILIENCE)
         known = services.get(host)
         endpoints = known.endpoints if known is not None else ()
         for sub_path, subset in _dicts(rule, "subsets", path):
@@ -243,10 +351,13 @@ def compile_traffic(policies: Iterable[Policy], services: Mapping[str, ServiceEn
             selected = tuple(ep for ep in endpoints if labels <= ep.labels.items())
             policy = _get(subset, "trafficPolicy", dict, sub_path, {})
             lb = _load_balancer(policy, f"{sub_path}.trafficPolicy", default)
-            clusters[(host, name)] = Cluster(host, name, selected, lb)
+            resilience = _resilience(policy, f"{sub_path}.trafficPolicy", guard)
+            clusters[(host, name)] = Cluster(host, name, selected, lb, resilience)
             defined.setdefault(host, set()).add(name)
     for name, entry in services.items():
-        clusters[(name, None)] = Cluster(name, None, entry.endpoints, defaults.get(name, LoadBalancer()))
+        clusters[(name, None)] = Cluster(
+            name, None, entry.endpoints, defaults.get(name, LoadBalancer()), guards.get(name, NO_RESILIENCE)
+        )
 
     by_service = _first_by_name(virtuals, vs_hosts)
     routes: dict[str, tuple[Route, ...]] = {}

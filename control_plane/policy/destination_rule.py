@@ -26,6 +26,10 @@ spec:
         enforcementPercentage: 100
         minimumHosts: 5
         requestVolume: 50
+    circuitBreaker:                    # mesh-native: closed/open/half-open for the whole destination
+      consecutiveFailures: 10          # failures in a row (UNAVAILABLE, DEADLINE_EXCEEDED, ...) → open
+      openTime: 5s                     # fail fast this long, then let probes through
+      halfOpenCalls: 3                 # probes; all succeed → closed, one fails → open again
   subsets:
   - name: v1
     labels: {version: v1}
@@ -167,6 +171,18 @@ def _outlier_detection(value: object, path: str) -> dict[str, Any]:
     return result
 
 
+def _circuit_breaker(value: object, path: str) -> dict[str, Any]:
+    return fields(
+        value,
+        path,
+        {
+            "consecutiveFailures": integer(1, INT32_MAX),
+            "openTime": duration(),
+            "halfOpenCalls": integer(1, INT32_MAX),
+        },
+    )
+
+
 def _traffic_policy(value: object, path: str) -> dict[str, Any]:
     return fields(
         value,
@@ -175,6 +191,7 @@ def _traffic_policy(value: object, path: str) -> dict[str, Any]:
             "loadBalancer": _load_balancer,
             "connectionPool": _connection_pool,
             "outlierDetection": _outlier_detection,
+            "circuitBreaker": _circuit_breaker,
         },
         hints={
             "tls": "mTLS between sidecars is automatic (see PeerAuthentication)",

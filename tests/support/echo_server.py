@@ -22,6 +22,9 @@ Methods of test.Echo:
   replies like ClientStream.
 - Stats: {"id": ID} → {"state": "started" | "completed" | "cancelled" | null} for the Sleep or
   ServerStream call with that id: how the test learns the server saw a cancellation.
+- Fault: {"delay_ms": D, "code": C} → from now on every Unary call waits D ms, then (with C)
+  ends with status C instead of echoing; {} heals the server. Replies {} (chaos tests call it on
+  one server directly, not through the mesh).
 """
 
 from __future__ import annotations
@@ -79,6 +82,8 @@ class Echo:
 
     def __init__(self) -> None:
         self.states: dict[str, str] = {}
+        self.delay = 0.0  # seconds every Unary call waits (Fault)
+        self.fail_code = 0  # the status every Unary call ends with, when not 0 (Fault)
 
     def _mark(self, call_id: str | None, state: str) -> None:
         if call_id:
@@ -86,6 +91,10 @@ class Echo:
             log.info("call %s: %s", call_id, state)
 
     async def unary(self, request: bytes, context: Any) -> bytes:
+        if self.delay:
+            await asyncio.sleep(self.delay)
+        if self.fail_code:
+            await context.abort(_status_code(self.fail_code), "fault set by the test (Fault)")
         echoed = [(m.key, m.value) for m in context.invocation_metadata() or () if m.key.startswith("x-")]
         await context.send_initial_metadata(echoed)
         context.set_trailing_metadata([("t-" + key, value) for key, value in echoed])
@@ -164,6 +173,13 @@ class Echo:
         call_id = _json(request).get("id")
         return json.dumps({"state": self.states.get(call_id) if call_id else None}).encode()
 
+    async def fault(self, request: bytes, context: Any) -> bytes:
+        spec = _json(request)
+        self.delay = float(spec.get("delay_ms", 0)) / 1000.0
+        self.fail_code = int(spec.get("code", 0))
+        log.info("fault: delay %.3fs, status %d", self.delay, self.fail_code)
+        return b"{}"
+
     def handler(self) -> Any:
         methods = {
             "Unary": grpc.unary_unary_rpc_method_handler(self.unary),
@@ -174,6 +190,7 @@ class Echo:
             "Sleep": grpc.unary_unary_rpc_method_handler(self.sleep),
             "SlowReader": grpc.stream_unary_rpc_method_handler(self.slow_reader),
             "Stats": grpc.unary_unary_rpc_method_handler(self.stats),
+            "Fault": grpc.unary_unary_rpc_method_handler(self.fault),
         }
         return grpc.method_handlers_generic_handler(SERVICE, methods)
 

@@ -42,6 +42,7 @@ SPEC: dict[str, Any] = {
                 "requestVolume": 50,
             },
         },
+        "circuitBreaker": {"consecutiveFailures": 10, "openTime": "5s", "halfOpenCalls": 3},
     },
     "subsets": [
         {"name": "v1", "labels": {"version": "v1"}},
@@ -82,6 +83,8 @@ def test_subsets_load_balancer_and_outlier_detection_are_valid() -> None:
         (f"{OD}.successRateEjection", {"stdevFactor": 1}),
         (f"{OD}.failurePercentageEjection", {"threshold": 0}),
         (TP, {}),
+        (f"{TP}.circuitBreaker", {}),
+        (f"{TP}.circuitBreaker", {"openTime": "250ms"}),
     ],
 )
 def test_valid_variants(path: str, value: Any) -> None:
@@ -89,6 +92,11 @@ def test_valid_variants(path: str, value: Any) -> None:
 
 
 BAD: list[tuple[str, Any, str, str]] = [
+    # circuit breaker (mesh-native)
+    (f"{TP}.circuitBreaker.consecutiveFailures", 0, f"{TP}.circuitBreaker.consecutiveFailures", "at least 1"),
+    (f"{TP}.circuitBreaker.halfOpenCalls", 0, f"{TP}.circuitBreaker.halfOpenCalls", "at least 1"),
+    (f"{TP}.circuitBreaker.openTime", "5", f"{TP}.circuitBreaker.openTime", "duration"),
+    (f"{TP}.circuitBreaker.failureRatio", 0.5, f"{TP}.circuitBreaker.failureRatio", "field not supported"),
     ("spec.host", DELETE, "spec.host", "=required"),
     ("spec.host", "*", "spec.host", "wildcard hosts are not supported"),
     ("spec.host", ["users"], "spec.host", "must be a string, got a list"),

@@ -1,0 +1,194 @@
+"""The resilience state of each destination cluster, kept across config snapshots.
+
+A snapshot swap rebuilds the pickers, but an endpoint's ejection, a breaker's state and the
+calls in flight must carry on: `ClusterStates` keeps one `ClusterState` per (service, subset)
+that has a DestinationRule `connectionPool`, `outlierDetection` or `circuitBreaker`, and
+`sync(traffic)` brings them to each new snapshot (endpoints added or gone, settings changed).
+`run()` is the interval timer of the outlier detectors.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+
+from sidecar.circuit import NO_LIMITS, BreakerConfig, CircuitBreaker, ConnectionLimits, check_limits
+from sidecar.errors import Overflow
+from sidecar.outlier import OutlierConfig, OutlierDetector
+from sidecar.pool import UpstreamPool
+
+log = logging.getLogger(__name__)
+
+ClusterKey = tuple[str, str | None]
+
+
+@dataclass(frozen=True, slots=True)
+class Resilience:
+    """A cluster's DestinationRule settings beyond load balancing (a subset's trafficPolicy
+    block replacing the rule's block of the same name)."""
+
+    limits: ConnectionLimits = NO_LIMITS
+    outlier: OutlierConfig | None = None
+    breaker: BreakerConfig | None = None
+
+    @property
+    def empty(self) -> bool:
+        return self.limits == NO_LIMITS and self.outlier is None and self.breaker is None
+
+
+NO_RESILIENCE = Resilience()
+
+
+def _cluster_name(key: ClusterKey) -> str:
+    service, subset = key
+    return service if subset is None else f"{service}/{subset}"
+
+
+class ClusterState:
+    """One cluster's outlier detector, breaker and admission limits."""
+
+    def __init__(self, key: ClusterKey, *, clock: Callable[[], float], rand: random.Random) -> None:
+        self.key = key
+        self.service = key[0]
+        self._clock = clock
+        self._rand = rand
+        self.policy = NO_RESILIENCE
+        self.outlier: OutlierDetector | None = None
+        self.breaker: CircuitBreaker | None = None
+        self.overflows: dict[str, int] = {"requests": 0, "pending": 0}
+        self.ejections = 0
+
+    def configure(self, policy: Resilience, addresses: Sequence[str]) -> None:
+        self.policy = policy
+        if policy.outlier is None:
+            self.outlier = None
+        elif self.outlier is None:
+            self.outlier = OutlierDetector(
+                policy.outlier, addresses, clock=self._clock, rand=self._rand, on_eject=self._ejected
+            )
+        else:
+            self.outlier.update(policy.outlier, addresses)
+        if policy.breaker is None:
+            self.breaker = None
+        elif self.breaker is None:
+            self.breaker = CircuitBreaker(policy.breaker, self._clock)
+        else:
+            self.breaker.config = policy.breaker
+
+    def _ejected(self, address: str, reason: str) -> None:
+        self.ejections += 1
+        log.warning("outlier detection ejected %s from %s: %s", address, _cluster_name(self.key), reason)
+
+    # ------------------------------------------------------------------ per call
+
+    @property
+    def version(self) -> int:
+        """Changes whenever the set of endpoints that may take calls does."""
+        return 0 if self.outlier is None else self.outlier.version
+
+    def unavailable(self) -> frozenset[str]:
+        """Addresses that must get no new calls."""
+        return frozenset() if self.outlier is None else self.outlier.ejected()
+
+    def admit(self, pools: Sequence[UpstreamPool]) -> None:
+        """Raise CircuitOpen or Overflow when the call must fail fast."""
+        if self.breaker is not None:
+            self.breaker.admit(self.service)
+        limits = self.policy.limits
+        if limits.max_requests or limits.max_pending:
+            try:
+                check_limits(limits, pools, self.service)
+            except Overflow as exc:
+                self.overflows[exc.kind] += 1
+                raise
+
+    def reporter(self, address: str) -> Callable[[int], None] | None:
+        """What a Target of `address` in this cluster calls with each attempt's status."""
+        outlier = None if self.outlier is None else self.outlier.reporter(address)
+        breaker = None if self.breaker is None else self.breaker.record
+        if outlier is not None and breaker is not None:
+
+            def both(status: int) -> None:
+                outlier(status)
+                breaker(status)
+
+            return both
+        return outlier or breaker
+
+    # ------------------------------------------------------------------ introspection
+
+    def as_json(self) -> dict[str, object]:
+        now = self._clock()
+        out: dict[str, object] = {
+            "service": self.key[0],
+            "subset": self.key[1],
+            "overflows": dict(self.overflows),
+            "ejections": self.ejections,
+        }
+        if self.breaker is not None:
+            out["circuit"] = self.breaker.as_json()
+        if self.outlier is not None:
+            config = self.outlier.config
+            out["endpoints"] = {
+                address: ep.as_json(now, config) for address, ep in self.outlier.endpoints.items()
+            }
+        return out
+
+
+class ClusterStates:
+    """Every cluster's state, by (service, subset); the sidecar owns one."""
+
+    def __init__(
+        self, *, clock: Callable[[], float] = time.monotonic, rand: random.Random | None = None
+    ) -> None:
+        self._clock = clock
+        self._rand = rand if rand is not None else random.Random()
+        self.states: dict[ClusterKey, ClusterState] = {}
+        self._wake: asyncio.Event | None = None
+
+    def sync(self, clusters: Iterable[tuple[ClusterKey, Resilience, Sequence[str]]]) -> None:
+        """Bring the states to a new snapshot: (cluster key, its settings, its endpoint addresses)."""
+        keep: dict[ClusterKey, ClusterState] = {}
+        for key, policy, addresses in clusters:
+            if policy.empty:
+                continue
+            state = self.states.get(key) or ClusterState(key, clock=self._clock, rand=self._rand)
+            state.configure(policy, addresses)
+            keep[key] = state
+        self.states = keep
+        if self._wake is not None:
+            self._wake.set()
+
+    def get(self, key: ClusterKey) -> ClusterState | None:
+        return self.states.get(key)
+
+    def sweep_due(self) -> float | None:
+        """Run the outlier sweeps that are due; the time the next one is due (None: none)."""
+        now = self._clock()
+        due: float | None = None
+        for state in list(self.states.values()):
+            detector = state.outlier
+            if detector is None:
+                continue
+            if detector.due <= now:
+                detector.sweep()
+            due = detector.due if due is None else min(due, detector.due)
+        return due
+
+    async def run(self) -> None:
+        """The outlier detectors' interval timer, until cancelled."""
+        self._wake = wake = asyncio.Event()
+        while True:
+            due = self.sweep_due()
+            wake.clear()
+            timeout = None if due is None else max(due - self._clock(), 0.0)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(wake.wait(), timeout)
+
+    def as_json(self) -> list[dict[str, object]]:
+        return [self.states[key].as_json() for key in sorted(self.states, key=lambda k: (k[0], k[1] or ""))]

@@ -1,0 +1,211 @@
+"""Endpoint-side resilience with real processes: a control plane, three echo servers behind their
+own sidecars and a client sidecar. One echo server is slowed to 2 s and outlier detection moves
+the traffic away within the configured interval; concurrent calls over `connectionPool`'s
+http2MaxRequests fail fast; a destination whose every endpoint fails opens its breaker. The
+client sidecar's /clusters and /metrics show what happened."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+import yaml
+
+from control_plane.ca import CertificateAuthority
+from meshctl import procs
+from tests.support.clients import ECHO, channel, control
+from tests.support.control_plane_mesh import (
+    TRUST_DOMAIN,
+    ControlPlaneProcess,
+    RunningSidecar,
+    SidecarSpec,
+    check_exit_codes,
+    logs_note,
+    start_sidecars,
+    wait_all_ready,
+)
+from tests.support.mesh import http_get, wait_for
+
+TIMEOUT = 30.0
+INTERVAL = 1.0  # outlierDetection.interval, seconds
+ECHOES = 3
+
+
+@dataclass
+class ChaosMesh:
+    root: Path
+    control_plane: ControlPlaneProcess
+    echoes: list[RunningSidecar]
+    client: RunningSidecar
+
+    def apply(self, traffic_policy: dict[str, Any]) -> None:
+        rule = {
+            "apiVersion": "networking.istio.io/v1",
+            "kind": "DestinationRule",
+            "metadata": {"name": "echo"},
+            "spec": {"host": "echo", "trafficPolicy": traffic_policy},
+        }
+        path = self.root / "rule.yaml"
+        path.write_text(yaml.safe_dump(rule, sort_keys=False))
+        self.control_plane.ok("apply", "-f", str(path), "--wait", "--timeout", "30s")
+
+    def fault(self, echo: RunningSidecar, **spec: int) -> None:
+        """Tell one echo server (directly, not through the mesh) to be slow or to fail."""
+        assert echo.app is not None
+        with grpc.insecure_channel(str(echo.app.ready["address"])) as ch:
+            ch.unary_unary(ECHO + "Fault")(control(spec), timeout=5)
+
+    def clusters(self) -> dict[str, Any]:
+        status, body = http_get(self.client.admin, "/clusters")
+        assert status == 200, body
+        clusters: dict[str, Any] = json.loads(body)
+        return clusters
+
+    def metrics(self) -> str:
+        status, body = http_get(self.client.admin, "/metrics")
+        assert status == 200, body
+        return body.decode()
+
+
+@pytest.fixture(scope="module")
+def chaos(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ChaosMesh]:
+    root = tmp_path_factory.mktemp("chaos")
+    ca = CertificateAuthority.create(TRUST_DOMAIN, now=datetime.now(UTC))
+    specs = [SidecarSpec("echo", app_kind="echo") for _ in range(ECHOES)]
+    specs.append(SidecarSpec("client", dependencies=["echo"]))
+    with procs.ProcessGroup(grace=10.0, log_dir=root / "logs") as group:
+        try:
+            control_plane = ControlPlaneProcess(group, root)
+            control_plane.start(warmup_ms=0)
+            sidecars = start_sidecars(group, root, ca, control_plane.grpc, specs, timeout=TIMEOUT)
+            wait_all_ready(sidecars, TIMEOUT)
+            mesh = ChaosMesh(root, control_plane, sidecars[:ECHOES], sidecars[ECHOES])
+
+            def all_known() -> bool:
+                services = mesh.client.config_dump()["config"]["services"]
+                return len(services.get("echo", {}).get("endpoints", [])) == ECHOES
+
+            wait_for(all_known, TIMEOUT, "the client sidecar to know every echo endpoint")
+            yield mesh
+        except BaseException as exc:
+            exc.add_note(logs_note(root))
+            raise
+        check_exit_codes(group.stop_all())
+
+
+def unary(ch: Any, timeout: float) -> grpc.StatusCode:
+    try:
+        ch.unary_unary(ECHO + "Unary")(b"ping", timeout=timeout)
+    except grpc.RpcError as exc:
+        code: grpc.StatusCode = exc.code()  # type: ignore[attr-defined]
+        return code
+    return grpc.StatusCode.OK
+
+
+def test_a_slowed_endpoint_is_ejected_within_the_interval_and_traffic_moves_away(chaos: ChaosMesh) -> None:
+    chaos.apply(
+        {
+            "outlierDetection": {
+                "consecutive5xxErrors": 0,  # only the interval's failure-percentage check
+                "interval": f"{INTERVAL:g}s",
+                "baseEjectionTime": "60s",
+                "maxEjectionPercent": 34,
+                "failurePercentageEjection": {"threshold": 50, "minimumHosts": ECHOES, "requestVolume": 3},
+            }
+        }
+    )
+    slow = chaos.echoes[0]
+    with channel(chaos.client.outbound) as ch, ThreadPoolExecutor(max_workers=12) as pool:
+        assert [unary(ch, 5) for _ in range(12)] == [grpc.StatusCode.OK] * 12
+        chaos.fault(slow, delay_ms=2000)
+        started = time.monotonic()
+
+        def ejected() -> list[str]:
+            return [c["address"] for c in chaos.clusters()["clusters"] if c["ejected_from"] == ["echo"]]
+
+        # Calls keep coming (each waits at most 300 ms) until the sweep ejects the slow one.
+        while not ejected():
+            assert time.monotonic() - started < 5 * INTERVAL, "no ejection after five intervals"
+            list(pool.map(lambda _: unary(ch, 0.3), range(12)))
+        took = time.monotonic() - started
+        assert ejected() == [slow.inbound]
+        # The failing calls needed one volley (0.3 s) to reach requestVolume; the sweep comes at
+        # most one interval later. Twice the interval leaves room for a loaded machine.
+        assert took <= 2 * INTERVAL + 0.3 * 2, took
+        codes = list(pool.map(lambda _: unary(ch, 1.0), range(60)))
+        assert codes == [grpc.StatusCode.OK] * 60  # none went to the 2 s endpoint
+    [destination] = chaos.clusters()["destinations"]
+    assert destination["service"] == "echo"
+    assert destination["ejections"] == 1
+    assert destination["endpoints"][slow.inbound]["ejected"] is True
+    assert destination["endpoints"][slow.inbound]["ejected_for_seconds"] > 50
+    metrics = chaos.metrics()
+    assert (
+        'grpc_mesh_outlier_ejections_total{destination_service="echo",destination_subset=""} 1.0' in metrics
+    )
+    assert 'grpc_mesh_outlier_ejected{destination_service="echo",destination_subset=""} 1.0' in metrics
+    chaos.fault(slow)  # healed; the next rule (no outlierDetection) forgets the ejection
+
+
+def test_the_call_over_http2_max_requests_fails_fast_and_is_counted(chaos: ChaosMesh) -> None:
+    limit = 4
+    chaos.apply({"connectionPool": {"http": {"http2MaxRequests": limit}}})
+    assert chaos.clusters()["destinations"][0]["overflows"] == {"requests": 0, "pending": 0}
+    with channel(chaos.client.outbound) as ch, ThreadPoolExecutor(max_workers=limit) as pool:
+        sleep = ch.unary_unary(ECHO + "Sleep")
+        held: list[Future[Any]] = [
+            pool.submit(sleep, control({"ms": 3000, "id": f"held-{i}"}), timeout=20) for i in range(limit)
+        ]
+
+        def all_in_flight() -> bool:
+            return sum(c["in_flight"] for c in chaos.clusters()["clusters"]) == limit
+
+        wait_for(all_in_flight, TIMEOUT, f"{limit} calls in flight")
+        with pytest.raises(grpc.RpcError) as refused:
+            ch.unary_unary(ECHO + "Unary")(b"one too many", timeout=20)
+        assert not any(f.done() for f in held)  # it failed while the others were still running
+        error: Any = refused.value
+        assert error.code() == grpc.StatusCode.UNAVAILABLE
+        assert "http2MaxRequests is 4" in error.details()
+        wait(held)
+        assert all(f.result() for f in held)
+        assert unary(ch, 5) == grpc.StatusCode.OK  # room again
+    assert chaos.clusters()["destinations"][0]["overflows"] == {"requests": 1, "pending": 0}
+    assert (
+        'grpc_mesh_overflows_total{destination_service="echo",destination_subset="",limit="requests"} 1.0'
+        in chaos.metrics()
+    )
+
+
+def test_every_endpoint_failing_opens_the_breaker_which_fails_fast(chaos: ChaosMesh) -> None:
+    chaos.apply({"circuitBreaker": {"consecutiveFailures": 6, "openTime": "60s", "halfOpenCalls": 1}})
+    for echo in chaos.echoes:
+        chaos.fault(echo, code=grpc.StatusCode.UNAVAILABLE.value[0])
+    try:
+        with channel(chaos.client.outbound) as ch:
+            messages = []
+            for _ in range(8):
+                with pytest.raises(grpc.RpcError) as failed:
+                    ch.unary_unary(ECHO + "Unary")(b"x", timeout=5)
+                error: Any = failed.value
+                assert error.code() == grpc.StatusCode.UNAVAILABLE
+                messages.append(error.details())
+        assert messages[:6] == ["fault set by the test (Fault)"] * 6
+        assert messages[6:] == ["circuit open for 'echo': its calls keep failing"] * 2
+        [destination] = chaos.clusters()["destinations"]
+        assert destination["circuit"] == {"state": "open", "opens": 1, "rejected": 2}
+        metrics = chaos.metrics()
+        assert 'grpc_mesh_circuit_state{destination_service="echo",destination_subset=""} 1.0' in metrics
+        labels = 'destination_service="echo",destination_subset="",limit="circuit_open"'
+        assert f"grpc_mesh_overflows_total{{{labels}}} 2.0" in metrics
+    finally:
+        for echo in chaos.echoes:
+            chaos.fault(echo)
