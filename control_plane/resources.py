@@ -20,6 +20,7 @@ KINDS = (
     "PeerAuthentication",
     "AuthorizationPolicy",
     "RequestAuthentication",
+    "RateLimitPolicy",
 )
 
 Spec = Mapping[str, Any]  # JSON-compatible: dicts, lists, str, int, float, bool, None

@@ -11,7 +11,7 @@ For one sidecar, the snapshot holds:
   - outbound: `VirtualService`s whose `hosts` and `DestinationRule`s whose `host` name one of
     those services;
   - inbound (only for a sidecar with an inbound address): `PeerAuthentication`,
-    `AuthorizationPolicy` and `RequestAuthentication` of its namespace, or of the mesh-wide
+    `AuthorizationPolicy`, `RequestAuthentication` and `RateLimitPolicy` of its namespace, or of the mesh-wide
     namespace `mesh-system` (Istio's root namespace, under our name), whose
     `selector.matchLabels`, when present, all equal the sidecar's labels.
 
@@ -47,7 +47,7 @@ from sidecar.wire_checks import is_name
 
 MESH_NAMESPACE = "mesh-system"  # policies here apply to every namespace
 OUTBOUND_KINDS = ("VirtualService", "DestinationRule")
-INBOUND_KINDS = ("PeerAuthentication", "AuthorizationPolicy", "RequestAuthentication")
+INBOUND_KINDS = ("PeerAuthentication", "AuthorizationPolicy", "RequestAuthentication", "RateLimitPolicy")
 
 
 def short_host(host: str) -> str:

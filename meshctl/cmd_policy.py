@@ -113,7 +113,7 @@ def register(
         help="list or show policy resources",
         description="List the resources of one kind, or show one. Kinds: virtualservice (vs), "
         "destinationrule (dr), peerauthentication (pa), authorizationpolicy (ap), "
-        "requestauthentication (ra); plural forms work too.",
+        "requestauthentication (ra), ratelimitpolicy (rl); plural forms work too.",
     )
     get.add_argument("kind", metavar="KIND", help="resource kind, e.g. vs or VirtualService")
     get.add_argument("name", metavar="NAME", nargs="?", help="one resource (default: all of the kind)")
@@ -309,12 +309,26 @@ def _detail_column(kind: str) -> tuple[str, Callable[[dict[str, Any]], str]] | N
         found = [str(r.get("issuer")) for r in rules if isinstance(r, dict)]
         return ",".join(found) or "-"
 
+    def rate_limits(spec: dict[str, Any]) -> str:
+        rules = spec.get("rules")
+        if not isinstance(rules, list):
+            return "-"
+        shown = []
+        for index, rule in enumerate(r for r in rules if isinstance(r, dict)):
+            limit = rule.get("limit") if isinstance(rule.get("limit"), dict) else {}
+            shown.append(
+                f"{rule.get('name', index)}={limit.get('tokensPerInterval')}/{limit.get('interval')}"
+                f"/{str(rule.get('scope', 'LOCAL')).lower()}"
+            )
+        return ",".join(shown) or "-"
+
     columns: dict[str, tuple[str, Callable[[dict[str, Any]], str]]] = {
         "VirtualService": ("HOSTS", field("hosts")),
         "DestinationRule": ("HOST", field("host")),
         "PeerAuthentication": ("MODE", field("mtls", "mode")),
         "AuthorizationPolicy": ("ACTION", lambda spec: str(spec.get("action") or "ALLOW")),
         "RequestAuthentication": ("ISSUERS", issuers),
+        "RateLimitPolicy": ("RULES", rate_limits),
     }
     return columns.get(kind)
 

@@ -25,6 +25,7 @@ API_VERSIONS: dict[str, str] = {
     "PeerAuthentication": "security.istio.io/v1",
     "AuthorizationPolicy": "security.istio.io/v1",
     "RequestAuthentication": "security.istio.io/v1",
+    "RateLimitPolicy": "policy.grpc-mesh.io/v1alpha1",
 }
 
 _SHORT_NAMES = {
@@ -33,6 +34,7 @@ _SHORT_NAMES = {
     "PeerAuthentication": ("pa",),
     "AuthorizationPolicy": ("ap",),
     "RequestAuthentication": ("ra",),
+    "RateLimitPolicy": ("rl",),
 }
 
 

@@ -14,7 +14,8 @@ durations stay the strings given (``"1.5s"``), nulls are dropped as absent. The 
 
 ```yaml
 apiVersion: networking.istio.io/v1    # v1, v1beta1, v1alpha3 (VirtualService, DestinationRule);
-kind: VirtualService                  # security.istio.io/v1, v1beta1 for the security kinds
+kind: VirtualService                  # security.istio.io/v1, v1beta1 for the security kinds;
+                                      # policy.grpc-mesh.io/v1alpha1 for RateLimitPolicy
 metadata:
   name: users                         # DNS-1123 label
   namespace: default                  # the default
@@ -44,6 +45,7 @@ from control_plane.policy import (
     authorization_policy,
     destination_rule,
     peer_authentication,
+    rate_limit_policy,
     request_authentication,
     virtual_service,
 )
@@ -96,6 +98,7 @@ DEFAULT_NAMESPACE = "default"
 
 _NETWORKING = ("networking.istio.io/v1", "networking.istio.io/v1beta1", "networking.istio.io/v1alpha3")
 _SECURITY = ("security.istio.io/v1", "security.istio.io/v1beta1")
+_MESH_POLICY = ("policy.grpc-mesh.io/v1alpha1",)  # the mesh's own kinds, where Istio has none
 
 API_VERSIONS: dict[str, tuple[str, ...]] = {
     "VirtualService": _NETWORKING,
@@ -103,6 +106,7 @@ API_VERSIONS: dict[str, tuple[str, ...]] = {
     "PeerAuthentication": _SECURITY,
     "AuthorizationPolicy": _SECURITY,
     "RequestAuthentication": _SECURITY,
+    "RateLimitPolicy": _MESH_POLICY,
 }
 
 _SPECS: dict[str, Callable[[object, str], dict[str, Any]]] = {
@@ -111,6 +115,7 @@ _SPECS: dict[str, Callable[[object, str], dict[str, Any]]] = {
     "PeerAuthentication": peer_authentication.validate_spec,
     "AuthorizationPolicy": authorization_policy.validate_spec,
     "RequestAuthentication": request_authentication.validate_spec,
+    "RateLimitPolicy": rate_limit_policy.validate_spec,
 }
 assert set(_SPECS) == set(KINDS) == set(API_VERSIONS)
 

@@ -47,6 +47,7 @@ KINDS = (
     "peerauthentication",
     "authorizationpolicy",
     "requestauthentication",
+    "ratelimitpolicy",
 )
 
 

@@ -177,6 +177,13 @@ def test_inbound_policies_by_namespace_mesh_namespace_and_selector(store: Memory
         {**AUTHZ, "selector": {"matchLabels": {"app": "users"}}},
     )
     store.put("RequestAuthentication", "billing", "jwt", {"jwtRules": [{"issuer": "me"}]})
+    limit = {"limit": {"tokensPerInterval": 5, "interval": "1s"}}
+    store.put(
+        "RateLimitPolicy",
+        "default",
+        "users-v2-limits",
+        {"selector": {"matchLabels": {"version": "v2"}}, "rules": [limit]},
+    )
 
     v1 = build(reg("users", 1), registry, store)
     v2 = build(reg("users", 2, labels={"app": "users", "version": "v2"}), registry, store)
@@ -193,6 +200,7 @@ def test_inbound_policies_by_namespace_mesh_namespace_and_selector(store: Memory
         "AuthorizationPolicy default/users-v2",
         "PeerAuthentication default/strict",
         "PeerAuthentication mesh-system/mesh",
+        "RateLimitPolicy default/users-v2-limits",
     ]
     assert policy_keys(payments) == [
         "PeerAuthentication mesh-system/mesh",

@@ -328,6 +328,8 @@ def test_server_flag_beats_the_environment(cp: FakeControlPlane, monkeypatch: py
         ("AuthorizationPolicies", "AuthorizationPolicy"),
         ("ra", "RequestAuthentication"),
         ("requestauthentications", "RequestAuthentication"),
+        ("rl", "RateLimitPolicy"),
+        ("ratelimitpolicies", "RateLimitPolicy"),
     ],
 )
 def test_kind_aliases(cp: FakeControlPlane, alias: str, kind: str) -> None:

@@ -48,6 +48,7 @@ def test_validation_error_formats_document_path_and_reason() -> None:
         ("PeerAuthentication", "security.istio.io/v1"),
         ("AuthorizationPolicy", "security.istio.io/v1beta1"),
         ("RequestAuthentication", "security.istio.io/v1beta1"),
+        ("RateLimitPolicy", "policy.grpc-mesh.io/v1alpha1"),
     ],
 )
 def test_accepted_api_versions(kind: str, api_version: str) -> None:
@@ -57,6 +58,7 @@ def test_accepted_api_versions(kind: str, api_version: str) -> None:
         "PeerAuthentication": {"mtls": {"mode": "STRICT"}},
         "AuthorizationPolicy": {},
         "RequestAuthentication": {"jwtRules": [{"issuer": "i", "jwksUri": "https://i/jwks"}]},
+        "RateLimitPolicy": {"rules": [{"limit": {"tokensPerInterval": 1, "interval": "1s"}}]},
     }
     document = {**doc(kind, specs[kind]), "apiVersion": api_version}
     assert validate(document).key.kind == kind
@@ -125,7 +127,7 @@ BAD: list[tuple[str, Any, str, str, str]] = [
         "document 1",
         "kind",
         '="Gateway" is not a supported kind; supported kinds: VirtualService, DestinationRule, '
-        "PeerAuthentication, AuthorizationPolicy, RequestAuthentication",
+        "PeerAuthentication, AuthorizationPolicy, RequestAuthentication, RateLimitPolicy",
     ),
     ("kind", "virtualservice", "document 1", "kind", "is not a supported kind"),
     ("kind", ["VirtualService"], "document 1", "kind", "a list is not a supported kind"),
@@ -305,4 +307,4 @@ def test_nesting_limit() -> None:
 
 
 def test_kinds_all_have_a_validator() -> None:
-    assert len(KINDS) == 5
+    assert len(KINDS) == 6
