@@ -315,7 +315,8 @@ def _detail_column(kind: str) -> tuple[str, Callable[[dict[str, Any]], str]] | N
             return "-"
         shown = []
         for index, rule in enumerate(r for r in rules if isinstance(r, dict)):
-            limit = rule.get("limit") if isinstance(rule.get("limit"), dict) else {}
+            limit = rule.get("limit")
+            limit = limit if isinstance(limit, dict) else {}
             shown.append(
                 f"{rule.get('name', index)}={limit.get('tokensPerInterval')}/{limit.get('interval')}"
                 f"/{str(rule.get('scope', 'LOCAL')).lower()}"

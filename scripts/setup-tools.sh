@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Install the non-Python tools grpc-mesh's tests and demo use: nghttp2's client (nghttp) and nginx
-# from Debian's packages, and buf from npm into node_modules/. Quick and silent when all are there.
+# Install the non-Python tools grpc-mesh's tests and demo use: nghttp2's client (nghttp), nginx and
+# redis-server (the shared buckets of GLOBAL rate limits) from Debian's packages, and buf from npm
+# into node_modules/. Quick and silent when all are there.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -18,7 +19,7 @@ as_root() {
 installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'install ok installed'; }
 
 missing=()
-for package in nghttp2-client nginx; do
+for package in nghttp2-client nginx redis-server; do
   installed "$package" || missing+=("$package")
 done
 command -v npm >/dev/null 2>&1 || missing+=(npm)

@@ -23,6 +23,7 @@ from sidecar.config import Address, Policy, SidecarConfig
 from sidecar.h2.stream import Limits
 from sidecar.metrics import SidecarMetrics
 from sidecar.pool import Pools
+from sidecar.ratelimit import NO_LIMITS, RateLimitCollector, RateLimiter, RateLimits
 from sidecar.relay import Relay
 from sidecar.stats import Stats
 from sidecar.traffic import NO_TRAFFIC, Traffic
@@ -46,6 +47,7 @@ class Snapshot:
     store_revision: int = 0
     traffic: Traffic = NO_TRAFFIC  # the routing policies among them, compiled
     authz: Authz = NO_AUTHZ  # the AuthorizationPolicies among them, compiled
+    ratelimits: RateLimits = NO_LIMITS  # the RateLimitPolicies among them, compiled
 
 
 def _jsonable(value: Any) -> Any:
@@ -99,6 +101,7 @@ class Sidecar:
             assert config.tls is not None  # the config requires it with a control plane
             self.identity = identity_of(config.tls.cert)  # ValueError: no usable SPIFFE ID
             self.node_id = node_id or default_node_id(config.service)
+        self.limiter = _limiter(config, self.stats)  # its buckets outlive snapshots
         # Static mode starts on its file; with a control plane, on nothing until the first push.
         version = "static-1" if config.control_plane is None else ""
         self.snapshot = self._build_snapshot(version, config)
@@ -113,6 +116,8 @@ class Sidecar:
             cert=config.tls.cert if config.tls is not None else None,
             clusters=self.cluster_states,
         )
+        self.metrics.registry.register(RateLimitCollector(self.limiter))
+        self.stats.sections["rate_limits"] = lambda: self.limiter.status(self.snapshot.ratelimits)
         self.app_health: AppHealthWatcher | None = None
         self.access_log = AccessLog(config.access_log) if config.access_log is not None else None
         self.certs = CertInfo(config.tls.cert, config.tls.ca) if config.tls is not None else None
@@ -139,6 +144,7 @@ class Sidecar:
         store_revision: int = 0,
         traffic: Traffic = NO_TRAFFIC,
         authz: Authz = NO_AUTHZ,
+        ratelimits: RateLimits = NO_LIMITS,
     ) -> Snapshot:
         outbound = None
         if config.outbound is not None:
@@ -149,8 +155,10 @@ class Sidecar:
             outbound = build_outbound(config, self.pools, traffic, self.random, self.cluster_states)
         inbound = None
         if config.inbound is not None:
-            inbound = build_inbound(config, self.pools, authz, self.stats)
-        return Snapshot(version, config, outbound, inbound, policies, store_revision, traffic, authz)
+            inbound = build_inbound(config, self.pools, authz, self.stats, ratelimits, self.limiter)
+        return Snapshot(
+            version, config, outbound, inbound, policies, store_revision, traffic, authz, ratelimits
+        )
 
     def apply(self, discovered: Discovered) -> None:
         """Swap in a pushed snapshot (already validated): new chains over the new services.
@@ -175,6 +183,7 @@ class Sidecar:
             discovered.store_revision,
             discovered.traffic,
             discovered.authz,
+            discovered.ratelimits,
         )
         keep = {ep.address for entry in discovered.services.values() for ep in entry.endpoints}
         self.pools.retire_secure(keep)
@@ -286,6 +295,7 @@ class Sidecar:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._cluster_timer
         await self.pools.close()
+        await self.limiter.close()
         for server in self._servers:
             await server.wait_closed()
         if self._admin is not None:
@@ -330,6 +340,21 @@ class Sidecar:
             pool_entry["ejected_from"] = sorted(ejected.get(str(pool_entry["address"]), []))
         out.sort(key=lambda c: str(c["address"]))
         return out
+
+
+def _limiter(config: SidecarConfig, stats: Stats) -> RateLimiter:
+    settings = config.rate_limits
+    shared = None
+    if settings.redis is not None:
+        from sidecar.ratelimit_redis import RedisBuckets
+
+        shared = RedisBuckets(settings.redis, timeout=settings.timeout_seconds)
+    return RateLimiter(
+        stats,
+        shared,
+        key_prefix=f"{config.namespace}/{config.service}",
+        retry_seconds=settings.retry_seconds,
+    )
 
 
 def _bound(server: Any) -> str:

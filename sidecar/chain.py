@@ -14,9 +14,11 @@ from sidecar.call import Handler
 from sidecar.clusters import ClusterStates
 from sidecar.config import SidecarConfig
 from sidecar.filters.authorization import Authorization, AuthorizationConfig
+from sidecar.filters.rate_limit import RateLimit, RateLimitConfig
 from sidecar.filters.router import Router
 from sidecar.filters.routes import Routes, RoutesConfig
 from sidecar.pool import Pools
+from sidecar.ratelimit import NO_LIMITS, RateLimiter, RateLimits
 from sidecar.stats import Stats
 from sidecar.traffic import NO_TRAFFIC, Traffic
 from sidecar.upstreams import LocalApp, RemoteEndpoints
@@ -41,10 +43,19 @@ def build_outbound(
 
 
 def build_inbound(
-    config: SidecarConfig, pools: Pools, authz: Authz = NO_AUTHZ, stats: Stats | None = None
+    config: SidecarConfig,
+    pools: Pools,
+    authz: Authz = NO_AUTHZ,
+    stats: Stats | None = None,
+    limits: RateLimits = NO_LIMITS,
+    limiter: RateLimiter | None = None,
 ) -> Handler:
     assert config.app is not None
     handler: Handler = LocalApp(config.service, config.app, pools)
+    if not limits.empty:  # no RateLimitPolicy: no limit
+        if limiter is None:
+            limiter = RateLimiter(stats if stats is not None else Stats())
+        handler = RateLimit(handler, RateLimitConfig(limits, limiter))
     if not authz.empty:  # no AuthorizationPolicy: every caller the mTLS handshake let in
         handler = Authorization(handler, AuthorizationConfig(authz, stats if stats is not None else Stats()))
     return handler

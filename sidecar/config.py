@@ -83,6 +83,15 @@ class TlsFiles:
 
 
 @dataclass(frozen=True, slots=True)
+class RateLimitSettings:
+    """Where GLOBAL rate limits keep their buckets (`rate_limits:` in the file)."""
+
+    redis: Address | None = None  # None: GLOBAL rules always fall back to their failure mode
+    timeout_seconds: float = 0.25  # connecting to Redis, and each lease request
+    retry_seconds: float = 1.0  # while Redis is unreachable, how often it is tried again
+
+
+@dataclass(frozen=True, slots=True)
 class SidecarConfig:
     service: str
     namespace: str
@@ -103,6 +112,7 @@ class SidecarConfig:
     grpc_services: tuple[str, ...] = ()  # what the local app serves (sent in the Hello)
     dependencies: tuple[str, ...] = ()  # the services this sidecar calls; empty: every service
     access_log: str | None = None  # "-" (stdout) or a file path; None: no access log
+    rate_limits: RateLimitSettings = field(default_factory=RateLimitSettings)
 
 
 _TOP_FIELDS = {
@@ -121,6 +131,7 @@ _TOP_FIELDS = {
     "grpc_services",
     "dependencies",
     "access_log",
+    "rate_limits",
 }
 
 
@@ -218,6 +229,27 @@ def _access_log(value: object, base_dir: Path) -> str | None:
     return str(file)
 
 
+def _positive_number(value: object, path: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value <= 3600:
+        raise ConfigError(path, f"expected a number of seconds > 0 and <= 3600, got {value!r}")
+    return float(value)
+
+
+def _rate_limits(value: object) -> RateLimitSettings:
+    spec = _mapping(value, "rate_limits")
+    _known(spec, {"redis", "timeout_seconds", "retry_seconds"}, "rate_limits")
+    redis = None
+    if spec.get("redis") is not None:
+        redis = Address.parse(spec["redis"], "rate_limits.redis")
+        if redis.port == 0:
+            raise ConfigError("rate_limits.redis", "needs a real port, not 0")
+    return RateLimitSettings(
+        redis,
+        _positive_number(spec.get("timeout_seconds", 0.25), "rate_limits.timeout_seconds"),
+        _positive_number(spec.get("retry_seconds", 1.0), "rate_limits.retry_seconds"),
+    )
+
+
 def parse_config(raw: object, base_dir: Path = Path()) -> SidecarConfig:
     top = _mapping(raw, "config")
     _known(top, _TOP_FIELDS, "")
@@ -303,6 +335,7 @@ def parse_config(raw: object, base_dir: Path = Path()) -> SidecarConfig:
         grpc_services=grpc_services,
         dependencies=dependencies,
         access_log=_access_log(top.get("access_log"), base_dir),
+        rate_limits=_rate_limits(top.get("rate_limits")),
     )
 
 

@@ -48,6 +48,7 @@ from control_plane.spiffe import spiffe_id_of
 from sidecar import wire_checks
 from sidecar.authz import NO_AUTHZ, Authz, compile_authz
 from sidecar.config import Address, Endpoint, Policy, ServiceEntry, SidecarConfig
+from sidecar.ratelimit import NO_LIMITS, RateLimits, compile_ratelimits
 from sidecar.traffic import NO_TRAFFIC, PolicyRejected, Traffic, compile_traffic
 from sidecar.wire_checks import CheckFailed
 
@@ -79,6 +80,8 @@ class Discovered:
     traffic: Traffic = NO_TRAFFIC
     # the AuthorizationPolicies among `policies`, compiled (sidecar.authz)
     authz: Authz = NO_AUTHZ
+    # the RateLimitPolicies among `policies`, compiled (sidecar.ratelimit)
+    ratelimits: RateLimits = NO_LIMITS
 
 
 # ---------------------------------------------------------------------------- from_proto
@@ -168,8 +171,16 @@ def _from_proto(snapshot: discovery_pb2.Snapshot) -> Discovered:
         policies.append(Policy(*key, spec, resource.resource_version))
     traffic = compile_traffic(policies, services)  # PolicyRejected: a route the sidecar cannot use
     authz = compile_authz(policies)  # PolicyRejected: a rule the sidecar cannot use
+    ratelimits = compile_ratelimits(policies)  # PolicyRejected: a limit the sidecar cannot use
     return Discovered(
-        snapshot.version, snapshot.store_revision, services, tuple(policies), ambiguous, traffic, authz
+        snapshot.version,
+        snapshot.store_revision,
+        services,
+        tuple(policies),
+        ambiguous,
+        traffic,
+        authz,
+        ratelimits,
     )
 
 

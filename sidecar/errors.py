@@ -65,6 +65,16 @@ class PermissionDenied(MeshError):
     code = Code.PERMISSION_DENIED
 
 
+class RateLimited(MeshError):
+    code = Code.RESOURCE_EXHAUSTED
+
+
+class RateLimitUnavailable(MeshError):
+    """A GLOBAL rate limit that fails closed, while its Redis is unreachable."""
+
+    code = Code.UNAVAILABLE
+
+
 def status_for(error: MeshError) -> tuple[int, str]:
     """The gRPC status (code, message) a caller sees for an error."""
     return int(error.code), error.message

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import bisect
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 # Upper bounds of the latency buckets, in milliseconds.
@@ -63,6 +64,8 @@ class Stats:
     def __init__(self) -> None:
         self.calls: dict[tuple[str, str], CallStats] = {}
         self.counters: dict[str, int] = {}
+        # More of the sidecar's state, read when /stats is (e.g. "rate_limits"): name → its JSON.
+        self.sections: dict[str, Callable[[], object]] = {}
 
     def record(self, direction: str, service: str, status: int, millis: float) -> None:
         key = (direction, service)
@@ -83,4 +86,7 @@ class Stats:
                 "by_status": {str(k): v for k, v in sorted(s.by_status.items())},
                 "latency_ms": {"p50": s.quantile(0.5), "p99": s.quantile(0.99)},
             }
-        return {"calls": out, "counters": dict(sorted(self.counters.items()))}
+        result: dict[str, object] = {"calls": out, "counters": dict(sorted(self.counters.items()))}
+        for name, section in self.sections.items():
+            result[name] = section()
+        return result
