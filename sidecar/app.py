@@ -23,7 +23,7 @@ from sidecar.config import Address, Policy, SidecarConfig
 from sidecar.h2.stream import Limits
 from sidecar.metrics import SidecarMetrics
 from sidecar.pool import Pools
-from sidecar.ratelimit import NO_LIMITS, RateLimitCollector, RateLimiter, RateLimits
+from sidecar.ratelimit import NO_LIMITS, RateLimitCollector, RateLimiter, RateLimits, compile_ratelimits
 from sidecar.relay import Relay
 from sidecar.stats import Stats
 from sidecar.traffic import NO_TRAFFIC, Traffic
@@ -104,7 +104,8 @@ class Sidecar:
         self.limiter = _limiter(config, self.stats)  # its buckets outlive snapshots
         # Static mode starts on its file; with a control plane, on nothing until the first push.
         version = "static-1" if config.control_plane is None else ""
-        self.snapshot = self._build_snapshot(version, config)
+        static_limits = compile_ratelimits(config.rate_limits.policies)  # static mode's, if any
+        self.snapshot = self._build_snapshot(version, config, ratelimits=static_limits)
         self.discovery: DiscoveryClient | None = None
         self.metrics = SidecarMetrics(
             workload=config.service,

@@ -5,6 +5,10 @@ endpoints; it stays useful for tests and for running a sidecar alone. With `cont
 services come from the control plane's snapshots instead (and `services:` must be absent); the
 file then says what this instance serves (`grpc_services:`) and, optionally, what it calls
 (`dependencies:`, default: every service). Errors name the field path and the reason.
+
+`rate_limits:` says where GLOBAL rate limits keep their shared buckets (`redis: host:port`,
+`timeout_seconds`, `retry_seconds`); in static mode it can also hold RateLimitPolicies
+(`policies: [{name, spec}]`, the spec as `meshctl apply` takes it), enforced on inbound calls.
 """
 
 from __future__ import annotations
@@ -89,6 +93,8 @@ class RateLimitSettings:
     redis: Address | None = None  # None: GLOBAL rules always fall back to their failure mode
     timeout_seconds: float = 0.25  # connecting to Redis, and each lease request
     retry_seconds: float = 1.0  # while Redis is unreachable, how often it is tried again
+    # Static mode only: RateLimitPolicies from the file (with a control plane, they are pushed).
+    policies: tuple[Policy, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -235,9 +241,38 @@ def _positive_number(value: object, path: str) -> float:
     return float(value)
 
 
-def _rate_limits(value: object) -> RateLimitSettings:
+def _rate_limit_policies(value: object, namespace: str) -> tuple[Policy, ...]:
+    from control_plane.policy.fields import Invalid
+    from control_plane.policy.rate_limit_policy import validate_spec
+
+    if not isinstance(value, list):
+        raise ConfigError("rate_limits.policies", "expected a list of {name, spec}")
+    policies: list[Policy] = []
+    for i, raw in enumerate(value):
+        path = f"rate_limits.policies[{i}]"
+        entry = _mapping(raw, path)
+        _known(entry, {"name", "spec"}, path)
+        name = _name(entry.get("name"), f"{path}.name")
+        if any(p.name == name for p in policies):
+            raise ConfigError(f"{path}.name", f"duplicate policy name {name!r}")
+        try:
+            spec = validate_spec(entry.get("spec"), f"{path}.spec")
+        except Invalid as exc:
+            raise ConfigError(exc.path, exc.reason) from None
+        policies.append(Policy("RateLimitPolicy", namespace, name, spec))
+    return tuple(policies)
+
+
+def _rate_limits(value: object, namespace: str, static: bool) -> RateLimitSettings:
     spec = _mapping(value, "rate_limits")
-    _known(spec, {"redis", "timeout_seconds", "retry_seconds"}, "rate_limits")
+    _known(spec, {"redis", "timeout_seconds", "retry_seconds", "policies"}, "rate_limits")
+    policies: tuple[Policy, ...] = ()
+    if "policies" in spec:
+        if not static:
+            raise ConfigError(
+                "rate_limits.policies", "not allowed with control_plane: RateLimitPolicies are pushed"
+            )
+        policies = _rate_limit_policies(spec["policies"], namespace)
     redis = None
     if spec.get("redis") is not None:
         redis = Address.parse(spec["redis"], "rate_limits.redis")
@@ -247,6 +282,7 @@ def _rate_limits(value: object) -> RateLimitSettings:
         redis,
         _positive_number(spec.get("timeout_seconds", 0.25), "rate_limits.timeout_seconds"),
         _positive_number(spec.get("retry_seconds", 1.0), "rate_limits.retry_seconds"),
+        policies,
     )
 
 
@@ -335,7 +371,7 @@ def parse_config(raw: object, base_dir: Path = Path()) -> SidecarConfig:
         grpc_services=grpc_services,
         dependencies=dependencies,
         access_log=_access_log(top.get("access_log"), base_dir),
-        rate_limits=_rate_limits(top.get("rate_limits")),
+        rate_limits=_rate_limits(top.get("rate_limits"), namespace, control_plane is None),
     )
 
 

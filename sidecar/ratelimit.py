@@ -441,6 +441,11 @@ class RateLimiter:
         redis.retry_at = self.clock() + self.retry_seconds
         self.stats.incr("ratelimit.redis_errors")
 
+    async def idle(self) -> None:
+        """Wait for the lease requests in flight to be answered (or to fail)."""
+        while self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+
     async def close(self) -> None:
         for task in list(self._tasks):
             task.cancel()

@@ -276,12 +276,13 @@ class ControlPlaneProcess:
 class SidecarSpec:
     """One sidecar to start: client-only (outbound + admin) unless `app_kind` gives it a local app
     ("echo": tests.support.echo_server; "users": services.users at the version of its `version`
-    label) behind an inbound listener."""
+    label) behind an inbound listener. `extra_config` is added to its config file as it is."""
 
     service: str
     labels: dict[str, str] = field(default_factory=lambda: {"version": "v1"})
     dependencies: Sequence[str] = ()
     app_kind: str | None = None
+    extra_config: Mapping[str, Any] = field(default_factory=dict)  # more sidecar config fields
 
 
 @dataclass
@@ -367,6 +368,7 @@ def start_sidecars(
             config["grpc_services"] = _APP_SERVICES[spec.app_kind]
         if spec.dependencies:
             config["dependencies"] = list(spec.dependencies)
+        config.update(spec.extra_config)
         config_file = root / f"{name}.yaml"
         config_file.write_text(yaml.safe_dump(config, sort_keys=False))
         ready = root / f"{name}.json"

@@ -16,9 +16,9 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
 from sidecar.call import CallHead, Target
-from sidecar.config import Policy
+from sidecar.config import Address, ConfigError, Policy, RateLimitSettings, parse_config
 from sidecar.discovery import SnapshotRejected, from_proto
-from sidecar.errors import RateLimited, RateLimitUnavailable, status_for
+from sidecar.errors import PermissionDenied, RateLimited, RateLimitUnavailable, status_for
 from sidecar.filters.rate_limit import RateLimit, RateLimitConfig
 from sidecar.grpc_wire import Code
 from sidecar.ratelimit import (
@@ -541,3 +541,150 @@ def test_lease_rules_are_plain_values() -> None:
     (compiled,) = limits(GLOBAL_100).rules
     assert isinstance(compiled, LimitRule)
     assert compiled.bucket_id == ("default/limits", "0", 100, 3600.0, 100, "RULE", "GLOBAL")
+
+
+# ---------------------------------------------------------------------------- sidecar config
+
+
+def config_with(rate_limits: Any, **top: Any) -> Any:
+    return parse_config(
+        {"service": "users", "listeners": {"admin": "127.0.0.1:0"}, "rate_limits": rate_limits, **top}
+    )
+
+
+def test_config_says_where_redis_is_and_static_mode_takes_policies() -> None:
+    settings = config_with(
+        {
+            "redis": "127.0.0.1:6379",
+            "timeout_seconds": 0.1,
+            "retry_seconds": 2,
+            "policies": [{"name": "limits", "spec": {"rules": [rule(key="PRINCIPAL")]}}],
+        },
+        namespace="shop",
+    ).rate_limits
+    assert settings == RateLimitSettings(
+        Address("127.0.0.1", 6379),
+        0.1,
+        2.0,
+        (Policy("RateLimitPolicy", "shop", "limits", {"rules": [rule(key="PRINCIPAL")]}),),
+    )
+    assert config_with(None).rate_limits == RateLimitSettings()
+    (compiled,) = compile_ratelimits(settings.policies).rules
+    assert compiled.message.startswith("rate limited by RateLimitPolicy shop/limits, rule 0")
+
+
+@pytest.mark.parametrize(
+    ("rate_limits", "path", "reason"),
+    [
+        ({"redis": "nowhere"}, "rate_limits.redis", "expected 'host:port'"),
+        ({"redis": "127.0.0.1:0"}, "rate_limits.redis", "a real port"),
+        ({"timeout_seconds": 0}, "rate_limits.timeout_seconds", "> 0"),
+        ({"retry_seconds": "1s"}, "rate_limits.retry_seconds", "a number of seconds"),
+        ({"sentinel": "x"}, "rate_limits.sentinel", "unknown field"),
+        ({"policies": {}}, "rate_limits.policies", "expected a list"),
+        ({"policies": [{"spec": {"rules": [rule()]}}]}, "rate_limits.policies[0].name", "expected a name"),
+        (
+            {"policies": [{"name": "a", "spec": {"rules": [rule(key="IP")]}}]},
+            "rate_limits.policies[0].spec.rules[0].key",
+            "must be one of RULE, METHOD or PRINCIPAL",
+        ),
+        (
+            {
+                "policies": [
+                    {"name": "a", "spec": {"rules": [rule()]}},
+                    {"name": "a", "spec": {"rules": [rule()]}},
+                ]
+            },
+            "rate_limits.policies[1].name",
+            "duplicate policy name",
+        ),
+    ],
+)
+def test_bad_rate_limit_config_names_the_field(rate_limits: Any, path: str, reason: str) -> None:
+    with pytest.raises(ConfigError) as error:
+        config_with(rate_limits)
+    assert error.value.path == path
+    assert reason in error.value.reason
+
+
+def test_policies_in_the_file_are_refused_with_a_control_plane(tmp_path: Any) -> None:
+    for name in ("cert.pem", "key.pem", "ca.pem"):
+        (tmp_path / name).write_text("x")
+    tls = {
+        "cert": str(tmp_path / "cert.pem"),
+        "key": str(tmp_path / "key.pem"),
+        "ca": str(tmp_path / "ca.pem"),
+    }
+    with pytest.raises(ConfigError) as error:
+        config_with(
+            {"policies": [{"name": "a", "spec": {"rules": [rule()]}}]},
+            control_plane="127.0.0.1:15010",
+            tls=tls,
+        )
+    assert error.value.path == "rate_limits.policies"
+    assert "pushed" in error.value.reason
+
+
+def test_a_static_sidecar_enforces_the_policies_in_its_file_and_shows_them_in_stats() -> None:
+    from sidecar.app import Sidecar
+
+    sidecar = Sidecar(config_with({"policies": [{"name": "limits", "spec": {"rules": [rule(name="all")]}}]}))
+    assert [r.name for r in sidecar.snapshot.ratelimits.rules] == ["all"]
+    shown = sidecar.stats.as_json()["rate_limits"]
+    assert shown == {
+        "redis": None,
+        "rules": [
+            {
+                "policy": "default/limits",
+                "rule": "all",
+                "limit": "10 per 1s, burst 10",
+                "scope": "LOCAL",
+                "mode": "local",
+                "allowed": 0,
+                "limited": 0,
+                "fallback": 0,
+                "failed_closed": 0,
+            }
+        ],
+    }
+
+
+def test_the_inbound_chain_limits_after_authorization(tmp_path: Any) -> None:
+    from sidecar.authz import compile_authz
+    from sidecar.chain import build_inbound
+    from sidecar.h2.stream import Limits
+    from sidecar.pool import Pools
+
+    for name in ("cert.pem", "key.pem", "ca.pem"):
+        (tmp_path / name).write_text("x")
+    tls = {
+        "cert": str(tmp_path / "cert.pem"),
+        "key": str(tmp_path / "key.pem"),
+        "ca": str(tmp_path / "ca.pem"),
+    }
+    config = config_with(
+        None, listeners={"inbound": "127.0.0.1:0", "admin": "127.0.0.1:0"}, app="127.0.0.1:50051", tls=tls
+    )
+    deny_web = Policy(
+        "AuthorizationPolicy",
+        "default",
+        "no-web",
+        {"action": "DENY", "rules": [{"from": [{"source": {"principals": [WEB]}}]}]},
+    )
+    stats = Stats()
+    limiter = RateLimiter(stats, clock=FakeClock())
+    handler = build_inbound(
+        config,
+        Pools(Limits(), None),
+        compile_authz([deny_web]),
+        stats,
+        limits(rule(limit={"tokensPerInterval": 2, "interval": "1h"})),
+        limiter,
+    )
+    for _ in range(5):
+        with pytest.raises(PermissionDenied):
+            handler(head(peer=WEB))  # refused before the limit: no token spent
+    assert handler(head(peer=ORDERS)).service == "users"
+    assert handler(head(peer=ORDERS)).service == "users"
+    with pytest.raises(RateLimited):
+        handler(head(peer=ORDERS))
