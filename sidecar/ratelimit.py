@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import math
 import time
@@ -70,17 +71,15 @@ class LimitRule:
     key: str  # RULE | METHOD | PRINCIPAL
     scope: str  # LOCAL | GLOBAL
     fail_closed: bool  # GLOBAL: refuse while Redis is unreachable
-    message: str  # what a refused caller reads
+    message: str = ""  # what a refused caller reads
+    # Buckets are kept across snapshots while this stays the same (strings: their hash is cached).
+    bucket_id: str = ""
+    counts_id: str = ""  # the rule's counters: policy, rule and scope
 
     @property
     def rate(self) -> float:
         """Tokens per second."""
         return self.tokens / self.interval
-
-    @property
-    def bucket_id(self) -> tuple[object, ...]:
-        """Buckets are kept across snapshots while this stays the same."""
-        return (self.policy, self.name, self.tokens, self.interval, self.burst, self.key, self.scope)
 
     def matches(self, path: str, peer: Peer) -> bool:
         if self.paths is not None and not self.paths(path):
@@ -154,9 +153,13 @@ def _rule(policy: Policy, spec: Mapping[str, Any], index: int, path: str) -> Lim
     scope = _choice(spec, "scope", path, SCOPES, "LOCAL")
     fail_closed = _choice(spec, "failureMode", path, FAILURE_MODES, "OPEN") == "CLOSED"
     ref = f"{policy.namespace}/{policy.name}"
-    rule = LimitRule(ref, name, paths, principals, tokens, interval, burst, key, scope, fail_closed, "")
-    message = f"rate limited by RateLimitPolicy {ref}, rule {name} ({rule.describe()})"
-    return LimitRule(ref, name, paths, principals, tokens, interval, burst, key, scope, fail_closed, message)
+    rule = LimitRule(ref, name, paths, principals, tokens, interval, burst, key, scope, fail_closed)
+    return dataclasses.replace(
+        rule,
+        message=f"rate limited by RateLimitPolicy {ref}, rule {name} ({rule.describe()})",
+        bucket_id=f"{ref}\0{name}\0{tokens}\0{interval!r}\0{burst}\0{key}\0{scope}",
+        counts_id=f"{ref}\0{name}\0{scope}",
+    )
 
 
 def compile_ratelimits(policies: Iterable[Policy]) -> RateLimits:
@@ -195,20 +198,21 @@ class TokenBucket:
         self.tokens = burst
         self.stamp = now
 
-    def _refill(self, now: float) -> None:
-        if now > self.stamp:
-            self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
-            self.stamp = now
-
     def take(self, now: float, count: float = 1.0) -> bool:
-        self._refill(now)
-        if self.tokens + _EPSILON >= count:
-            self.tokens = max(0.0, self.tokens - count)
+        tokens = self.tokens
+        if now > self.stamp:  # refill: `burst` at most
+            tokens += (now - self.stamp) * self.rate
+            if tokens > self.burst:
+                tokens = self.burst
+            self.stamp = now
+        if tokens + _EPSILON >= count:
+            self.tokens = tokens - count if tokens > count else 0.0
             return True
+        self.tokens = tokens
         return False
 
     def full(self, now: float) -> bool:
-        self._refill(now)
+        self.take(now, 0.0)  # refills
         return self.tokens >= self.burst
 
     def __repr__(self) -> str:
@@ -280,6 +284,9 @@ class RedisState:
 
 @dataclass(slots=True)
 class RuleCounts:
+    policy: str
+    rule: str
+    scope: str
     allowed: int = 0
     limited: int = 0
     fallback: int = 0  # decided by this sidecar's own bucket because Redis was unreachable
@@ -302,7 +309,7 @@ class RateLimiter:
     max_buckets: int = MAX_BUCKETS
     _buckets: dict[tuple[object, ...], TokenBucket] = field(default_factory=dict)
     _quotas: dict[tuple[object, ...], LeasedQuota] = field(default_factory=dict)
-    counts: dict[tuple[str, str, str], RuleCounts] = field(default_factory=dict)
+    counts: dict[str, RuleCounts] = field(default_factory=dict)  # by LimitRule.counts_id
     redis: RedisState | None = None
     _tasks: set[asyncio.Task[None]] = field(default_factory=set)
 
@@ -312,7 +319,9 @@ class RateLimiter:
 
     def check(self, rule: LimitRule, key: str) -> MeshError | None:
         """None when the call may go on (a token taken), else the error to refuse it with."""
-        counts = self._counts(rule)
+        counts = self.counts.get(rule.counts_id)
+        if counts is None:
+            counts = self.counts[rule.counts_id] = RuleCounts(rule.policy, rule.name, rule.scope)
         now = self.clock()
         if rule.scope == "GLOBAL":
             redis = self.redis
@@ -343,12 +352,8 @@ class RateLimiter:
         self.stats.incr("inbound.ratelimit_limited")
         return RateLimited(rule.message)
 
-    def _counts(self, rule: LimitRule) -> RuleCounts:
-        ref = (rule.policy, rule.name, rule.scope)
-        counts = self.counts.get(ref)
-        if counts is None:
-            counts = self.counts[ref] = RuleCounts()
-        return counts
+    def counts_of(self, rule: LimitRule) -> RuleCounts:
+        return self.counts.get(rule.counts_id) or RuleCounts(rule.policy, rule.name, rule.scope)
 
     # ------------------------------------------------------------ local
 
@@ -463,7 +468,7 @@ class RateLimiter:
         falling_back = redis is None or not redis.up
         shown = []
         for rule in rules.rules:
-            counts = self.counts.get((rule.policy, rule.name, rule.scope), RuleCounts())
+            counts = self.counts_of(rule)
             mode = "local"
             if rule.scope == "GLOBAL":
                 mode = "global"
@@ -501,9 +506,10 @@ class RateLimitCollector(Collector):
             "(allowed, limited; fallback: decided locally while Redis was unreachable).",
             labels=["policy", "rule", "scope", "decision"],
         )
-        for (policy, rule, scope), counts in sorted(self.limiter.counts.items()):
+        for _, counts in sorted(self.limiter.counts.items()):
             for decision in ("allowed", "limited", "fallback", "failed_closed"):
-                decisions.add_metric([policy, rule, scope, decision], getattr(counts, decision))
+                labels = [counts.policy, counts.rule, counts.scope, decision]
+                decisions.add_metric(labels, getattr(counts, decision))
         yield decisions
         redis = self.limiter.redis
         if redis is not None:

@@ -121,8 +121,8 @@ def test_two_limiters_share_one_bucket_and_fall_back_while_redis_is_away(redis_s
 
             through = [await call(limiter, shared_rule) for _ in range(40) for limiter in (a, b)]
             assert sum(through) == 30
-            assert a.counts[("default/limits", "all", "GLOBAL")].allowed == 15
-            assert b.counts[("default/limits", "all", "GLOBAL")].allowed == 15
+            assert a.counts_of(shared_rule).allowed == 15
+            assert b.counts_of(shared_rule).allowed == 15
 
             redis_server.stop()
             # The first call is admitted on credit and its lease request finds Redis gone; the

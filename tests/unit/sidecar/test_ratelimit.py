@@ -540,7 +540,8 @@ def test_global_keys_are_per_principal_when_asked(sidecars: Callable[..., Sideca
 def test_lease_rules_are_plain_values() -> None:
     (compiled,) = limits(GLOBAL_100).rules
     assert isinstance(compiled, LimitRule)
-    assert compiled.bucket_id == ("default/limits", "0", 100, 3600.0, 100, "RULE", "GLOBAL")
+    assert compiled.bucket_id == "default/limits\x000\x00100\x003600.0\x00100\x00RULE\x00GLOBAL"
+    assert compiled.counts_id == "default/limits\x000\x00GLOBAL"
 
 
 # ---------------------------------------------------------------------------- sidecar config
