@@ -397,6 +397,25 @@ def test_get_all_namespaces_adds_a_namespace_column(
     ]
 
 
+def test_get_rate_limit_policies_shows_each_rule_s_limit(
+    cp: FakeControlPlane, capsys: pytest.CaptureFixture[str]
+) -> None:
+    rules = [
+        {"name": "creates", "limit": {"tokensPerInterval": 20, "interval": "1s"}, "scope": "GLOBAL"},
+        {"limit": {"tokensPerInterval": 100, "interval": "1m"}, "key": "PRINCIPAL"},
+    ]
+    cp.reply(
+        "GET",
+        "/api/v1/resources",
+        {"resources": [resource_json("limits", {"rules": rules}, kind="RateLimitPolicy")]},
+    )
+    assert run_meshctl("get", "rl") == 0
+    assert capsys.readouterr().out.splitlines() == [
+        "NAME     RULES                                 RESOURCE VERSION   AGE",
+        "limits   creates=20/1s/global,1=100/1m/local   12                 2m",
+    ]
+
+
 def test_get_nothing_says_so_on_stderr(cp: FakeControlPlane, capsys: pytest.CaptureFixture[str]) -> None:
     cp.reply("GET", "/api/v1/resources", {})  # protobuf JSON leaves an empty list out
     assert run_meshctl("get", "dr", "-n", "prod") == 0
