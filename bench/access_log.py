@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 from sidecar.access_log import AccessLog
-from sidecar.call import CallHead
+from sidecar.call import CallHead, Target
 from sidecar.config import Address
 from sidecar.h2.stream import Limits, Stream
 from sidecar.relay import ProxyCall, Relay, parse_request
@@ -46,7 +46,7 @@ async def _per_call(access_log: AccessLog | None) -> float:
     parsed = parse_request(HEADERS)
     head = CallHead(parsed.path, parsed.authority, parsed.forward, None, None)
     calls = [
-        ProxyCall(relay, Stream(None), head, parsed, b"users", b"http", "users", 0.0, "v1", _Pool())  # type: ignore[arg-type]
+        ProxyCall(relay, Stream(None), head, parsed, Target("users", _Pool(), b"users", b"http"), 0.0, "v1")  # type: ignore[arg-type]
         for _ in range(N)
     ]
     start = time.perf_counter()

@@ -21,8 +21,8 @@ from sidecar.h2.hpack_codec import Header
 MAX_PENDING = 8192  # lines waiting for the next flush; past it, lines are dropped and counted
 
 # (time, trace id source headers, direction, source, destination, method, status, millis,
-#  request bytes, response bytes, upstream, flags)
-_Entry = tuple[float, tuple[Header, ...], str, str, str, bytes, int, float, int, int, str, str]
+#  request bytes, response bytes, upstream, flags, attempts)
+_Entry = tuple[float, tuple[Header, ...], str, str, str, bytes, int, float, int, int, str, str, int]
 
 
 _HEX_DIGITS = b"0123456789abcdef"
@@ -51,16 +51,15 @@ def _stamp(when: float) -> str:
 
 def format_line(entry: _Entry) -> str:
     """One JSON object on one line (built by hand: json.dumps of a dict cost twice as much)."""
-    when, headers, direction, source, destination, method, status, millis, sent, received, upstream, flags = (
-        entry
-    )
+    (when, headers, direction, source, destination, method, status, millis, sent, received, upstream, flags,
+     attempts) = entry
     flag_list = ",".join(f'"{flag}"' for flag in flags.split(",")) if flags else ""
     return (
         f'{{"time":"{_stamp(when)}","trace_id":{_quote(trace_id_of(headers))},"direction":"{direction}",'
         f'"source":{_quote(source)},"destination":{_quote(destination)},'
         f'"method":{_quote(method.decode("ascii", "replace"))},"grpc_status":{int(status)},'
         f'"duration_ms":{round(millis, 3)},"request_bytes":{int(sent)},"response_bytes":{int(received)},'
-        f'"upstream":{_quote(upstream)},"flags":[{flag_list}]}}'
+        f'"upstream":{_quote(upstream)},"attempts":{int(attempts)},"flags":[{flag_list}]}}'
     )
 
 
@@ -98,6 +97,7 @@ class AccessLog:
         response_bytes: int,
         upstream: str,
         flags: str,
+        attempts: int = 1,
     ) -> None:
         pending = self.pending
         if len(pending) >= self.max_pending:
@@ -117,6 +117,7 @@ class AccessLog:
                 response_bytes,
                 upstream,
                 flags,
+                attempts,
             )
         )
         if not self._scheduled:

@@ -25,6 +25,7 @@ from sidecar.metrics import SidecarMetrics
 from sidecar.pool import Pools
 from sidecar.ratelimit import NO_LIMITS, RateLimitCollector, RateLimiter, RateLimits, compile_ratelimits
 from sidecar.relay import Relay
+from sidecar.retry import Destinations
 from sidecar.stats import Stats
 from sidecar.traffic import NO_TRAFFIC, Traffic
 
@@ -153,7 +154,9 @@ class Sidecar:
                 (key, cluster.resilience, [str(ep.address) for ep in cluster.endpoints])
                 for key, cluster in traffic.clusters.items()
             )
-            outbound = build_outbound(config, self.pools, traffic, self.random, self.cluster_states)
+            outbound = build_outbound(
+                config, self.pools, traffic, self.random, self.cluster_states, self.stats
+            )
         inbound = None
         if config.inbound is not None:
             inbound = build_inbound(config, self.pools, authz, self.stats, ratelimits, self.limiter)
@@ -212,6 +215,8 @@ class Sidecar:
                 metrics=self.metrics.calls,
                 access_log=self.access_log,
                 source=cfg.service,
+                destinations=Destinations(cfg.retries),
+                rand=self.random,
             )
             server = await loop.create_server(
                 relay.protocol, cfg.outbound.host, cfg.outbound.port, reuse_address=True

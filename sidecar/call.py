@@ -10,6 +10,7 @@ from sidecar.h2.hpack_codec import Header
 
 if TYPE_CHECKING:
     from sidecar.pool import UpstreamPool
+    from sidecar.traffic import RoutePolicy
 
 
 @dataclass(slots=True)
@@ -24,6 +25,11 @@ class CallHead:
     service: str = ""  # the destination service, once a filter has resolved it
     subset: str | None = None  # its DestinationRule subset, when a route names one
     attributes: dict[str, object] = field(default_factory=dict)
+    # Set by the Routes filter from the matching route:
+    policy: RoutePolicy | None = None  # timeout, retries
+    delay: float = 0.0  # an injected fault delay, seconds
+    mirror: Target | None = None  # where a copy of this call goes
+    repick: Handler | None = None  # picks another endpoint of the same cluster (retries)
 
     @property
     def grpc_service(self) -> str:

@@ -30,6 +30,7 @@ def build_outbound(
     traffic: Traffic = NO_TRAFFIC,
     rand: random.Random | None = None,
     clusters: ClusterStates | None = None,
+    stats: Stats | None = None,
 ) -> Handler:
     handler: Handler
     if traffic is NO_TRAFFIC:  # no policies: round robin over each service's endpoints
@@ -37,7 +38,7 @@ def build_outbound(
     else:
         rand = rand if rand is not None else random.Random()
         handler = Balancer(traffic, pools, rand, clusters)
-        handler = Routes(handler, RoutesConfig(traffic, rand))
+        handler = Routes(handler, RoutesConfig(traffic, rand, stats if stats is not None else Stats()))
     handler = Router(handler, config.services)
     return handler
 

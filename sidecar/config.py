@@ -20,6 +20,7 @@ from typing import Any
 
 import yaml
 
+from sidecar.retry import RetryLimits
 from sidecar.wire_checks import CheckFailed, check_grpc_service, check_labels, check_name
 
 # Invalid configuration: `.path` names the field, `.reason` says why. One class with the checks
@@ -119,6 +120,8 @@ class SidecarConfig:
     dependencies: tuple[str, ...] = ()  # the services this sidecar calls; empty: every service
     access_log: str | None = None  # "-" (stdout) or a file path; None: no access log
     rate_limits: RateLimitSettings = field(default_factory=RateLimitSettings)
+    # `retry_budget`, `retry_throttling`, `retry_buffer_bytes`
+    retries: RetryLimits = field(default_factory=RetryLimits)
 
 
 _TOP_FIELDS = {
@@ -138,6 +141,9 @@ _TOP_FIELDS = {
     "dependencies",
     "access_log",
     "rate_limits",
+    "retry_budget",
+    "retry_throttling",
+    "retry_buffer_bytes",
 }
 
 
@@ -372,6 +378,46 @@ def parse_config(raw: object, base_dir: Path = Path()) -> SidecarConfig:
         dependencies=dependencies,
         access_log=_access_log(top.get("access_log"), base_dir),
         rate_limits=_rate_limits(top.get("rate_limits"), namespace, control_plane is None),
+        retries=_retry_limits(top),
+    )
+
+
+def _retry_limits(top: dict[str, Any]) -> RetryLimits:
+    """Limits on the retries routes ask for: Envoy's retry budget (on by default, 20% with a
+    floor of 3) and gRFC A6's retry throttling (off unless given)."""
+    defaults = RetryLimits()
+    budget = _mapping(top.get("retry_budget", {}), "retry_budget")
+    _known(budget, {"percent", "min_retry_concurrency"}, "retry_budget")
+    percent = _non_negative_number(budget.get("percent", defaults.budget_percent), "retry_budget.percent")
+    if percent > 100:
+        raise ConfigError("retry_budget.percent", f"expected a percentage 0..100, got {percent!r}")
+    floor = _positive_int(
+        budget.get("min_retry_concurrency", defaults.min_retry_concurrency),
+        "retry_budget.min_retry_concurrency",
+        0,
+    )
+    max_tokens: float | None = None
+    ratio = defaults.throttle_token_ratio
+    if "retry_throttling" in top:
+        throttling = _mapping(top["retry_throttling"], "retry_throttling")
+        _known(throttling, {"max_tokens", "token_ratio"}, "retry_throttling")
+        if "max_tokens" not in throttling:
+            raise ConfigError("retry_throttling.max_tokens", "required (gRFC A6: 1..1000)")
+        max_tokens = _non_negative_number(throttling["max_tokens"], "retry_throttling.max_tokens")
+        if not 0 < max_tokens <= 1000:
+            raise ConfigError(
+                "retry_throttling.max_tokens", f"expected 1..1000 (gRFC A6), got {max_tokens!r}"
+            )
+        ratio = _non_negative_number(throttling.get("token_ratio", ratio), "retry_throttling.token_ratio")
+        if not 0 < ratio <= 1:
+            raise ConfigError("retry_throttling.token_ratio", f"expected a number in (0, 1], got {ratio!r}")
+    buffer = _positive_int(top.get("retry_buffer_bytes", defaults.buffer_bytes), "retry_buffer_bytes", 0)
+    return RetryLimits(
+        budget_percent=percent,
+        min_retry_concurrency=floor,
+        throttle_max_tokens=max_tokens,
+        throttle_token_ratio=ratio,
+        buffer_bytes=buffer,
     )
 
 

@@ -75,6 +75,14 @@ class RateLimitUnavailable(MeshError):
     code = Code.UNAVAILABLE
 
 
+class FaultAbort(MeshError):
+    """A fault injected by a route's `fault.abort`: its status is the configured one."""
+
+    def __init__(self, code: int) -> None:
+        super().__init__("fault injected by the mesh (fault.abort)")
+        self.code = Code(code)
+
+
 def status_for(error: MeshError) -> tuple[int, str]:
     """The gRPC status (code, message) a caller sees for an error."""
     return int(error.code), error.message

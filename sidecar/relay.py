@@ -10,19 +10,21 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from sidecar import tls
-from sidecar.call import CallHead, Handler
-from sidecar.errors import MeshError, status_for
+from sidecar.call import CallHead, Handler, Target
+from sidecar.errors import FaultAbort, MeshError, status_for
 from sidecar.grpc_wire import Code, format_timeout, parse_timeout, status_of, status_trailers, trailers_only
 from sidecar.h2 import frames as F
 from sidecar.h2.connection import H2Connection
 from sidecar.h2.hpack_codec import Header, HeaderList
 from sidecar.h2.stream import Limits, Stream
+from sidecar.retry import STOP, Destinations, RetryLimits, backoff, pushback
 from sidecar.stats import Stats
 
 if TYPE_CHECKING:
@@ -37,6 +39,9 @@ _HOP_BY_HOP = frozenset(
 )
 _REQUEST_PSEUDO = frozenset({b":method", b":scheme", b":path", b":authority"})
 _PARSE_CACHE_LIMIT = 1024
+_MAX_TRANSPARENT = 3  # retries of attempts that never reached an application, per call
+_REPICKS = 4  # tries at picking an endpoint not tried yet, for a retry
+_MIRROR_TIMEOUT = 30.0  # seconds a mirrored copy of a call without a deadline may take
 
 # RST_STREAM codes from the upstream, as the status the call is counted with.
 _RESET_STATUS = {
@@ -124,28 +129,130 @@ def _response_headers(headers: HeaderList) -> list[Header]:
     return [h for h in headers if h[0] not in _HOP_BY_HOP]
 
 
+class _Abandoned:
+    """The handler of an upstream stream a retry left behind: it hears nothing more."""
+
+    cancelled = True
+
+    def on_headers(self, stream: Stream, headers: HeaderList, end_stream: bool) -> None:
+        pass
+
+    def on_reset(self, stream: Stream, code: int) -> None:
+        pass
+
+    def on_oversized(self, stream: Stream, length: int) -> None:
+        if stream.conn is not None:
+            stream.conn.reset(stream, F.CANCEL)
+
+
+ABANDONED = _Abandoned()
+
+
+class MirrorCall:
+    """A copy of a call sent to a route's mirror: fed the request as it arrives, its reply
+    discarded. Whatever it does, the caller's call does not notice."""
+
+    __slots__ = ("cancelled", "headers", "limit", "sent", "stats", "stream", "timer")
+
+    def __init__(self, headers: list[Header], stats: Stats, limit: int) -> None:
+        self.headers = headers
+        self.stats = stats
+        self.limit = limit
+        self.sent = 0
+        self.cancelled = False
+        self.timer: asyncio.TimerHandle | None = None
+        self.stream = Stream(self)  # no peer: what the mirror answers is credited and dropped
+
+    def request_headers(self) -> list[Header]:
+        return self.headers
+
+    def feed(self, data: bytes, end: bool) -> None:
+        if self.cancelled:
+            return
+        self.sent += len(data)
+        if self.sent > self.limit:
+            self.stats.incr("outbound.mirror_too_large")
+            self.cancel()
+            return
+        stream = self.stream
+        if stream.conn is not None:
+            stream.conn.send_data(stream, data, end)
+        else:
+            if data:
+                stream.pending.append(data)
+                stream.pending_bytes += len(data)
+            if end:
+                stream.end_queued = True
+
+    def cancel(self) -> None:
+        self._done()
+        self.cancelled = True
+        stream = self.stream
+        if stream.conn is not None:
+            stream.conn.reset(stream, F.CANCEL)
+
+    def _done(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+
+    def on_headers(self, stream: Stream, headers: HeaderList, end_stream: bool) -> None:
+        if end_stream:
+            self._done()
+            self.cancelled = True
+            ok = status_of(headers) == Code.OK
+            self.stats.incr("outbound.mirror_ok" if ok else "outbound.mirror_failed")
+
+    def on_reset(self, stream: Stream, code: int) -> None:
+        if not self.cancelled:
+            self._done()
+            self.cancelled = True
+            self.stats.incr("outbound.mirror_failed")
+
+    def on_oversized(self, stream: Stream, length: int) -> None:
+        self.cancel()
+
+
 class ProxyCall:
-    """One relayed call: the downstream (caller) stream and the upstream stream it is paired with."""
+    """One relayed call: the downstream (caller) stream and the upstream stream of its current
+    attempt. Until the call commits (response headers, or a request too long to buffer), a
+    failed attempt may be retried on a new upstream stream with the buffered request."""
 
     __slots__ = (
+        "attempt",
         "authority",
+        "backoff_n",
+        "buffer",
+        "buffered",
         "cancelled",
         "deadline",
+        "dest",
         "direction",
         "done",
         "down",
+        "flags",
         "forward",
+        "handler",
+        "head",
+        "mirror",
         "path",
         "peer",
+        "per_try",
         "pool",
         "relay",
         "report",
+        "request_done",
+        "retry",
+        "retrying",
         "scheme",
         "service",
         "start",
         "timer",
+        "transparent",
+        "tried",
         "up",
         "version",
+        "wait",
     )
 
     def __init__(
@@ -154,35 +261,80 @@ class ProxyCall:
         down: Stream,
         head: CallHead,
         parsed: ParsedRequest,
-        authority: bytes,
-        scheme: bytes,
-        service: str,
+        target: Target,
         now: float,
         version: str,
-        pool: UpstreamPool | None = None,
-        report: Callable[[int], None] | None = None,
+        handler: Handler | None = None,
     ) -> None:
         self.relay = relay
-        self.pool = pool  # where the call went (the access log's upstream)
-        self.report = report
         self.direction = relay.direction
         self.down = down
         self.up = Stream(self)
+        self.head = head
+        self.handler = handler  # the chain the call was decided by (a retry picks its endpoint there)
         self.path = parsed.path_bytes
-        self.authority = authority
-        self.scheme = scheme
+        self.authority = target.authority or parsed.authority.encode()
+        self.scheme = target.scheme
         self.forward = head.headers
-        self.service = service
+        self.service = target.service
         self.version = version  # the destination's version label, for the metrics
         self.peer = head.peer
         self.deadline = head.deadline
         self.start = now
         self.cancelled = False
         self.done = False
-        self.timer: asyncio.TimerHandle | None = None
+        self.timer: asyncio.TimerHandle | None = None  # the call's deadline
+        self.per_try: asyncio.TimerHandle | None = None  # the current attempt's perTryTimeout
+        self.wait: asyncio.TimerHandle | None = None  # a backoff, or an injected delay
+        self.pool: UpstreamPool | None = target.pool  # the current attempt's endpoint
+        self.report = target.report
+        self.flags = ""
+        policy = head.policy
+        self.retry = None if policy is None else policy.retry
+        self.attempt = 1
+        self.backoff_n = 0
+        self.transparent = 0
+        self.tried: list[UpstreamPool] = [target.pool]
+        self.request_done = False
+        self.retrying = False
+        # The request so far, while a retry may still need it; None once the call is committed.
+        self.buffer: list[bytes] | None = [] if self.retry is not None else None
+        self.buffered = 0
+        destinations = relay.destinations
+        self.dest = None if destinations is None else destinations.get(self.service)
+        if self.dest is not None:
+            self.dest.active += 1
+        self.mirror: MirrorCall | None = None
         down.handler = self
         down.peer = self.up
         self.up.peer = down
+
+    def begin(self, target: Target, end_stream: bool) -> None:
+        """Start the first attempt (after an injected delay, if the route asked for one)."""
+        up = self.up
+        if end_stream:
+            up.end_queued = True
+            self.request_done = True
+        head = self.head
+        if head.mirror is not None:
+            self._start_mirror(head.mirror)
+        if self.buffer is not None or self.mirror is not None:
+            self.down.tap = self._on_request_data
+        if head.delay > 0.0:
+            self.flags = "fault_delay"
+            self.wait = self.relay.loop.call_later(head.delay, self._submit)
+        else:
+            self._submit()
+
+    def _submit(self) -> None:
+        self.wait = None
+        if self.done:
+            return
+        retry = self.retry
+        if retry is not None and retry.per_try_timeout is not None:
+            self.per_try = self.relay.loop.call_later(retry.per_try_timeout, self.on_per_try_timeout)
+        assert self.pool is not None
+        self.pool.submit(self.up)
 
     def request_headers(self) -> list[Header]:
         headers: list[Header] = [
@@ -192,16 +344,66 @@ class ProxyCall:
             (b":authority", self.authority, False),
         ]
         headers += self.forward
+        if self.attempt > 1:
+            headers.append((b"grpc-previous-rpc-attempts", str(self.attempt - 1).encode(), False))
+        timeout = None
         if self.deadline is not None:
-            remaining = self.deadline - self.relay.clock()
-            headers.append((b"grpc-timeout", format_timeout(max(remaining, 1e-6)), False))
+            timeout = max(self.deadline - self.relay.clock(), 1e-6)
+        retry = self.retry
+        if retry is not None and retry.per_try_timeout is not None and not self.down.headers_sent:
+            timeout = retry.per_try_timeout if timeout is None else min(timeout, retry.per_try_timeout)
+        if timeout is not None:
+            headers.append((b"grpc-timeout", format_timeout(timeout), False))
         return headers
+
+    def _start_mirror(self, target: Target) -> None:
+        relay = self.relay
+        limits = relay.retry_limits
+        headers = self.request_headers()
+        headers[3] = (b":authority", (target.authority or self.authority) + b"-shadow", False)
+        if self.deadline is None:  # the copy gets the caller's deadline, or a bounded one
+            headers.append((b"grpc-timeout", format_timeout(_MIRROR_TIMEOUT), False))
+        mirror = MirrorCall(headers, relay.stats, limits.mirror_bytes)
+        if self.request_done:
+            mirror.stream.end_queued = True
+        remaining = _MIRROR_TIMEOUT if self.deadline is None else self.deadline - relay.clock()
+        mirror.timer = relay.loop.call_later(max(remaining, 0.0) + 1.0, mirror.cancel)
+        relay.stats.incr("outbound.mirrored")
+        self.mirror = mirror
+        target.pool.submit(mirror.stream)
+
+    def _on_request_data(self, data: bytes, end: bool) -> None:
+        """The down stream's tap: each request DATA payload, before it is relayed."""
+        if end:
+            self.request_done = True
+        buffer = self.buffer
+        if buffer is not None:
+            self.buffered += len(data)
+            if self.buffered > self.relay.retry_limits.buffer_bytes:
+                self.buffer = None  # too long to replay: the call is committed to this attempt
+                self.relay.stats.incr(f"{self.direction}.retry_buffer_overflow")
+            elif data:
+                buffer.append(data)
+        mirror = self.mirror
+        if mirror is not None:
+            mirror.feed(data, end)
+        if self.buffer is None and (mirror is None or mirror.cancelled):
+            self.down.tap = None
+
+    def _commit(self) -> None:
+        """Response headers arrived: this attempt's answer goes to the caller, whatever follows."""
+        self.buffer = None
+        if self.per_try is not None:
+            self.per_try.cancel()
+            self.per_try = None
+        if self.mirror is None or self.mirror.cancelled:
+            self.down.tap = None
 
     # ---------------------------------------------------------------- StreamHandler
 
     def on_headers(self, stream: Stream, headers: HeaderList, end_stream: bool) -> None:
         down = self.down
-        if stream is not self.up:
+        if stream is down:
             # Request trailers (gRPC clients do not send them): pass them on if we can.
             up = self.up
             if up.conn is not None:
@@ -213,10 +415,16 @@ class ProxyCall:
         if conn is None or down.send_closed:
             return
         if not down.headers_sent:
-            conn.send_headers(down, _response_headers(headers), end_stream)
             if end_stream:
-                self._finish(status_of(headers))
+                status = status_of(headers)
+                if status != Code.OK and self._retry(status, _pushback_header(headers)):
+                    return
+                conn.send_headers(down, _response_headers(headers), True)
+                self._finish(status)
                 self._stop_request()
+                return
+            self._commit()
+            conn.send_headers(down, _response_headers(headers), False)
             return
         if not end_stream:
             # A second HEADERS without END_STREAM is not valid gRPC: abort both sides.
@@ -236,10 +444,22 @@ class ProxyCall:
             return
         if self.done:
             return
-        if code == F.CONNECT_ERROR:
+        down = self.down
+        if not down.headers_sent:
+            never_sent = stream.conn is None  # it never reached a connection: the pool failed
+            if (never_sent or (code == F.REFUSED_STREAM and self.buffer is not None)) and (
+                self._transparent_retry()
+            ):
+                return
+            status = Code.UNAVAILABLE if code in (F.CONNECT_ERROR, F.REFUSED_STREAM) else None
+            if status is not None and self._retry(status, None):
+                return
+            if code == F.CONNECT_ERROR:
+                self.fail(Code.UNAVAILABLE, f"upstream for '{self.service}' is unavailable")
+                return
+        elif code == F.CONNECT_ERROR:
             self.fail(Code.UNAVAILABLE, f"upstream for '{self.service}' is unavailable")
             return
-        down = self.down
         if down.conn is not None and not down.send_closed:
             if code == F.REFUSED_STREAM and down.headers_sent:
                 code = F.CANCEL
@@ -253,6 +473,146 @@ class ProxyCall:
             Code.RESOURCE_EXHAUSTED,
             f"{which} message of {length} bytes exceeds the limit of {self.relay.limits.max_message_bytes}",
         )
+
+    # ---------------------------------------------------------------- retries
+
+    def on_per_try_timeout(self) -> None:
+        self.per_try = None
+        if self.done or self.down.headers_sent:
+            return
+        if self._retry(Code.DEADLINE_EXCEEDED, None, per_try=True):
+            return
+        self._abort_upstream(F.CANCEL)
+        self.fail(Code.DEADLINE_EXCEEDED, "per-try timeout exceeded", "deadline")
+
+    def _retry(self, status: int, pushed: bytes | None, per_try: bool = False) -> bool:
+        """The current attempt failed with `status` before the call committed: start another
+        attempt after a backoff if the route's policy and the limits allow. True if one will."""
+        retry = self.retry
+        if retry is None or self.buffer is None or not (per_try or retry.retryable(status)):
+            return False
+        relay = self.relay
+        stats = relay.stats
+        dest = self.dest
+        if dest is not None:
+            dest.attempt_failed()
+        delay = pushback(pushed)
+        if delay == STOP:
+            stats.incr(f"{self.direction}.retry_pushback_stop")
+            return False
+        if self.attempt >= retry.max_attempts:
+            stats.incr(f"{self.direction}.retry_exhausted")
+            return False
+        if dest is not None:
+            # A call already retrying holds its place in the budget; the throttle still applies.
+            denied = dest.throttled() if self.retrying else dest.may_retry()
+            if denied is not None:
+                stats.incr(f"{self.direction}.retry_denied_{denied}")
+                return False
+        if delay is None:
+            self.backoff_n += 1
+            delay = backoff(retry, self.backoff_n, relay.random)
+        else:
+            self.backoff_n = 0  # A6: after a pushback, backoff starts again from the initial one
+        if self.deadline is not None and relay.clock() + delay >= self.deadline:
+            stats.incr(f"{self.direction}.retry_deadline")
+            return False
+        if self.report is not None:
+            self.report(status)
+        up = self._abandon()
+        if not self.retrying:
+            self.retrying = True
+            if dest is not None:
+                dest.retries_active += 1
+        self.attempt += 1
+        self.flags = "retried"
+        stats.incr(f"{self.direction}.retries")
+        self._replay_into(up)
+        self.wait = relay.loop.call_later(delay, self._next_attempt)
+        return True
+
+    def _transparent_retry(self) -> bool:
+        """An attempt that never reached the upstream's application (its connection failed, or
+        REFUSED_STREAM): retried at once on another endpoint, not counted as an attempt (A6)."""
+        if self.transparent >= _MAX_TRANSPARENT:
+            return False
+        target = self._pick(fresh_only=True)
+        if target is None:
+            return False
+        self.transparent += 1
+        if self.report is not None:
+            self.report(Code.UNAVAILABLE)
+        up = self._abandon()
+        self._replay_into(up)
+        self.relay.stats.incr(f"{self.direction}.transparent_retries")
+        self._start_attempt(target)
+        return True
+
+    def _abandon(self) -> Stream:
+        """Leave the current attempt's upstream stream; a new one (not yet on a connection) takes
+        its place as the down stream's peer."""
+        old = self.up
+        old.handler = ABANDONED
+        if self.per_try is not None:
+            self.per_try.cancel()
+            self.per_try = None
+        new = Stream(self)
+        if old.conn is None:
+            # Never sent: its queued request moves over as it is.
+            new.pending, old.pending = old.pending, new.pending
+            new.pending_bytes, old.pending_bytes = old.pending_bytes, 0
+            new.uncredited, old.uncredited = old.uncredited, 0
+            new.end_queued = old.end_queued
+            new.tail = old.tail
+        else:
+            # Reset while still the down stream's peer: its unsent data is credited to the
+            # caller, so all of the buffered request has been; the replay must not be again.
+            old.conn.reset(old, F.CANCEL)
+        old.peer = None
+        new.peer = self.down
+        self.down.peer = new
+        self.up = new
+        return old
+
+    def _replay_into(self, old: Stream) -> None:
+        new = self.up
+        if old.conn is not None and self.buffer is not None:
+            new.pending.extend(self.buffer)
+            new.pending_bytes = new.uncredited = self.buffered
+            new.end_queued = self.request_done
+
+    def _next_attempt(self) -> None:
+        self.wait = None
+        if self.done:
+            return
+        target = self._pick(fresh_only=False)
+        if target is None:
+            self.fail(Code.UNAVAILABLE, f"no endpoint left for '{self.service}'")
+            return
+        self._start_attempt(target)
+
+    def _start_attempt(self, target: Target) -> None:
+        self.pool = target.pool
+        self.report = target.report
+        self.tried.append(target.pool)
+        self._submit()
+
+    def _pick(self, fresh_only: bool) -> Target | None:
+        """Another endpoint of the call's cluster: one not tried yet when there is one (and only
+        such a one when `fresh_only`)."""
+        head = self.head
+        pick = head.repick or self.handler
+        if pick is None:
+            return None
+        target = None
+        for _ in range(_REPICKS):
+            try:
+                target = pick(head)
+            except MeshError:
+                return None
+            if target.pool not in self.tried:
+                return target
+        return None if fresh_only else target
 
     # ---------------------------------------------------------------- endings
 
@@ -294,11 +654,26 @@ class ProxyCall:
         if self.done:
             return
         self.done = True
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
+        for timer in (self.timer, self.per_try, self.wait):
+            if timer is not None:
+                timer.cancel()
+        self.timer = self.per_try = self.wait = None
+        self.buffer = None
+        self.down.tap = None
+        mirror = self.mirror
+        if mirror is not None and not self.request_done:
+            mirror.cancel()  # the copy would never see the end of its request
         if self.report is not None:
             self.report(status)
+        dest = self.dest
+        if dest is not None:
+            dest.active -= 1
+            if self.retrying:
+                dest.retries_active -= 1
+            if status == Code.OK:
+                dest.call_succeeded()
+        if self.flags:
+            flags = f"{self.flags},{flags}" if flags else self.flags
         relay = self.relay
         millis = (relay.clock() - self.start) * 1000.0
         relay.stats.record(self.direction, self.service, status, millis)
@@ -331,7 +706,15 @@ class ProxyCall:
                 self.up.received,
                 "" if pool is None else str(pool.address),
                 flags,
+                self.attempt,
             )
+
+
+def _pushback_header(headers: HeaderList) -> bytes | None:
+    for name, value, _ in headers:
+        if name == b"grpc-retry-pushback-ms":
+            return value
+    return None
 
 
 class _MutualTlsConnection(H2Connection):
@@ -362,8 +745,14 @@ class Relay:
         metrics: CallMetrics | None = None,
         access_log: AccessLog | None = None,
         source: str = "",
+        destinations: Destinations | None = None,
+        rand: random.Random | None = None,
     ) -> None:
         self.direction = direction
+        # Calls and retries in flight per destination (the retry budget); outbound only.
+        self.destinations = destinations
+        self.retry_limits = destinations.limits if destinations is not None else RetryLimits()
+        self.random = rand if rand is not None else random.Random()
         self.access_log = access_log
         self.source = source  # this sidecar's service: the access log's source of outbound calls
         self.chain = chain  # returns the current snapshot's chain: calls keep the one they started with
@@ -415,34 +804,18 @@ class Relay:
         now = self.clock()
         deadline = now + parsed.timeout if parsed.timeout is not None else None
         head = CallHead(parsed.path, parsed.authority, parsed.forward, conn.peer_identity, deadline)
+        handler = self.chain()
         try:
-            target = self.chain()(head)
+            target = handler(head)
         except MeshError as exc:
-            code, message = status_for(exc)
-            conn.send_headers(stream, trailers_only(code, message), True)
-            if not stream.recv_closed:
-                conn.reset(stream, F.NO_ERROR)
-            self.stats.record(self.direction, head.service or "unknown", code, 0.0)
-            if self.metrics is not None:
-                # received: the request's DATA so far (none when it has not started)
-                self.metrics.record(
-                    self.direction, head.service, "", head.peer, code, 0.0, stream.received, 0, True
-                )
-            if self.access_log is not None:
-                self.access_log.record(
-                    head.headers,
-                    self.direction,
-                    self.source if head.peer is None else head.peer,
-                    head.service,
-                    parsed.path_bytes,
-                    code,
-                    0.0,
-                    stream.received,
-                    0,
-                    "",
-                    "refused",
-                )
+            self._refuse(stream, head, parsed, exc)
             return
+        policy = head.policy
+        if policy is not None and policy.timeout is not None:
+            # The route's timeout bounds the whole call, retries included.
+            route_deadline = now + policy.timeout
+            if deadline is None or route_deadline < deadline:
+                deadline = head.deadline = route_deadline
         metrics = self.metrics
         if metrics is None:
             version = ""
@@ -450,28 +823,43 @@ class Relay:
             version = metrics.version_of(target.pool)
         else:
             version = metrics.version
-        call = ProxyCall(
-            self,
-            stream,
-            head,
-            parsed,
-            target.authority or parsed.authority.encode(),
-            target.scheme,
-            target.service,
-            now,
-            version,
-            target.pool,
-            target.report,
-        )
-        if end_stream:
-            call.up.end_queued = True
+        call = ProxyCall(self, stream, head, parsed, target, now, version, handler)
         if deadline is not None:
             call.timer = (
                 self.loop.call_at(deadline, call.on_deadline)
                 if self.clock == self.loop.time
                 else self.loop.call_later(deadline - now, call.on_deadline)
             )
-        target.pool.submit(call.up)
+        call.begin(target, end_stream)
+
+    def _refuse(self, stream: Stream, head: CallHead, parsed: ParsedRequest, exc: MeshError) -> None:
+        """The chain decided the call fails: a Trailers-Only status, counted, never forwarded."""
+        conn = stream.conn
+        assert conn is not None
+        code, message = status_for(exc)
+        conn.send_headers(stream, trailers_only(code, message), True)
+        if not stream.recv_closed:
+            conn.reset(stream, F.NO_ERROR)
+        self.stats.record(self.direction, head.service or "unknown", code, 0.0)
+        if self.metrics is not None:
+            # received: the request's DATA so far (none when it has not started)
+            self.metrics.record(
+                self.direction, head.service, "", head.peer, code, 0.0, stream.received, 0, True
+            )
+        if self.access_log is not None:
+            self.access_log.record(
+                head.headers,
+                self.direction,
+                self.source if head.peer is None else head.peer,
+                head.service,
+                parsed.path_bytes,
+                code,
+                0.0,
+                stream.received,
+                0,
+                "",
+                "fault_abort" if isinstance(exc, FaultAbort) else "refused",
+            )
 
     async def drain(self, timeout: float) -> None:
         """GOAWAY every connection and wait (up to timeout) for their calls to finish."""

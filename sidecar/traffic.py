@@ -29,7 +29,9 @@ from control_plane.policy.fields import parse_duration
 from sidecar.circuit import BreakerConfig, ConnectionLimits
 from sidecar.clusters import NO_RESILIENCE, Resilience
 from sidecar.config import Endpoint, Policy, ServiceEntry
+from sidecar.grpc_wire import Code
 from sidecar.outlier import FailurePercentageEjection, OutlierConfig, SuccessRateEjection
+from sidecar.retry import DEFAULT_RETRY_ON, RetryPolicy
 
 DEFAULT_RING_SIZE = 1024
 
@@ -77,6 +79,35 @@ class MatchBlock:
 
 
 @dataclass(frozen=True, slots=True)
+class Fault:
+    """A route's `fault`: delay and/or abort a share of its calls (fractions in 0..1)."""
+
+    delay: float = 0.0  # seconds
+    delay_fraction: float = 0.0
+    abort_code: int = 0
+    abort_fraction: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class Mirror:
+    """A route's `mirror` + `mirrorPercentage`: where copies of a share of its calls go."""
+
+    service: str
+    subset: str | None
+    fraction: float  # 0..1; Istio's default when mirrorPercentage is absent is 100%
+
+
+@dataclass(frozen=True, slots=True)
+class RoutePolicy:
+    """What a route asks of the relay beyond where the call goes."""
+
+    timeout: float | None = None  # bounds the whole call, retries included
+    retry: RetryPolicy | None = None
+    fault: Fault | None = None
+    mirror: Mirror | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Route:
     """One http[] entry: matches if any block does (OR); no blocks matches every call."""
 
@@ -85,6 +116,7 @@ class Route:
     destinations: tuple[tuple[str, str | None], ...]  # cluster keys
     cumulative: tuple[int, ...]  # running sums of the weights
     total: int
+    policy: RoutePolicy | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -397,6 +429,96 @@ def compile_traffic(policies: Iterable[Policy], services: Mapping[str, ServiceEn
             blocks = tuple(_block(m, p) for p, m in _dicts(http, "match", path))
             needs_headers = needs_headers or any(b.headers for b in blocks)
             name = http.get("name", "")
-            compiled.append(Route(str(name), blocks, tuple(destinations), tuple(cumulative), total))
+            policy = _route_policy(http, path, names, defined)
+            if policy is not None and policy.mirror is not None:
+                key = (policy.mirror.service, policy.mirror.subset)
+                clusters.setdefault(key, Cluster(key[0], key[1], (), LoadBalancer()))
+            compiled.append(Route(str(name), blocks, tuple(destinations), tuple(cumulative), total, policy))
         routes[service] = tuple(compiled)
     return Traffic(routes, clusters, needs_headers)
+
+
+def _seconds(obj: Mapping[str, Any], key: str, path: str) -> float | None:
+    text = _get(obj, key, str, path)
+    if text is None:
+        return None
+    try:
+        return parse_duration(text)
+    except ValueError as exc:
+        raise PolicyRejected(f"{path}.{key}", str(exc)) from None
+
+
+def _fraction(obj: Mapping[str, Any], key: str, path: str, default: float) -> float:
+    percentage = _get(obj, key, dict, path)
+    if percentage is None:
+        return default
+    value = _get(percentage, "value", (int, float), f"{path}.{key}", 0)
+    if isinstance(value, bool) or not 0 <= value <= 100:
+        raise PolicyRejected(f"{path}.{key}.value", f"must be a percentage 0..100, got {value!r}")
+    return float(value) / 100.0
+
+
+def _status_code(value: object, path: str) -> int:
+    if isinstance(value, str) and value in Code.__members__:
+        return int(Code[value])
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and 1 <= value <= 16:
+        return int(value)
+    raise PolicyRejected(path, f"must be a gRPC status name or a code 1..16, got {value!r}")
+
+
+def retry_codes(text: str, path: str) -> frozenset[int]:
+    """retryOn: Istio's names (unavailable, deadline-exceeded) or gRPC code names, comma separated."""
+    codes = set()
+    for part in text.split(","):
+        name = part.strip().upper().replace("-", "_")
+        if name not in Code.__members__ or name == "OK":
+            raise PolicyRejected(path, f"{part.strip()!r} is not a gRPC status to retry on")
+        codes.add(int(Code[name]))
+    return frozenset(codes)
+
+
+def _route_policy(
+    http: Mapping[str, Any], path: str, names: Iterable[str], defined: Mapping[str, set[str]]
+) -> RoutePolicy | None:
+    timeout = _seconds(http, "timeout", path)
+    retry = None
+    retries = _get(http, "retries", dict, path)
+    if retries is not None:
+        rpath = f"{path}.retries"
+        attempts = _get(retries, "attempts", int, rpath, 0)
+        if attempts < 0:
+            raise PolicyRejected(f"{rpath}.attempts", f"negative: {attempts}")
+        text = _get(retries, "retryOn", str, rpath)
+        retry_on = DEFAULT_RETRY_ON if text is None else retry_codes(text, f"{rpath}.retryOn")
+        if attempts > 0:
+            retry = RetryPolicy.from_retries(attempts, retry_on, _seconds(retries, "perTryTimeout", rpath))
+    fault = None
+    spec = _get(http, "fault", dict, path)
+    if spec is not None:
+        fpath = f"{path}.fault"
+        delay = _get(spec, "delay", dict, fpath)
+        abort = _get(spec, "abort", dict, fpath)
+        fault = Fault(
+            delay=0.0 if delay is None else _seconds(delay, "fixedDelay", f"{fpath}.delay") or 0.0,
+            delay_fraction=0.0 if delay is None else _fraction(delay, "percentage", f"{fpath}.delay", 1.0),
+            abort_code=0
+            if abort is None
+            else _status_code(abort.get("grpcStatus"), f"{fpath}.abort.grpcStatus"),
+            abort_fraction=0.0 if abort is None else _fraction(abort, "percentage", f"{fpath}.abort", 1.0),
+        )
+    mirror = None
+    spec = _get(http, "mirror", dict, path)
+    if spec is not None:
+        host = _get(spec, "host", str, f"{path}.mirror")
+        if host is None:
+            raise PolicyRejected(f"{path}.mirror.host", "required")
+        service = service_of(host, names)
+        subset = _get(spec, "subset", str, f"{path}.mirror")
+        if subset is not None and subset not in defined.get(service, ()):
+            raise PolicyRejected(
+                f"{path}.mirror.subset", f"no DestinationRule for {host!r} defines subset {subset!r}"
+            )
+        mirror = Mirror(service, subset, _fraction(http, "mirrorPercentage", path, 1.0))
+    if timeout is None and retry is None and fault is None and mirror is None:
+        return None
+    return RoutePolicy(timeout, retry, fault, mirror)

@@ -245,6 +245,8 @@ class H2Connection(asyncio.Protocol):
                 if end:
                     self._maybe_close(stream)
                 return
+        if stream.tap is not None:
+            stream.tap(data, end)
         peer = stream.peer
         if peer is None or peer.send_closed or peer.end_queued or peer.tail is not None:
             self.credit(stream, len(data))
@@ -568,6 +570,10 @@ class H2Connection(asyncio.Protocol):
             self._write(chunk)
             if last:
                 stream.send_closed = True
+        if sent and stream.uncredited:
+            skip = min(sent, stream.uncredited)
+            stream.uncredited -= skip
+            sent -= skip
         if sent and peer is not None and peer.conn is not None:
             peer.conn.credit(peer, sent)
         if not pending and not stream.send_closed:
@@ -622,14 +628,16 @@ class H2Connection(asyncio.Protocol):
             stream.handler.on_reset(stream, code)
 
     def _drop_pending(self, stream: Stream) -> None:
-        """Discarded data must still be credited to the connection it came from."""
-        dropped = stream.pending_bytes
+        """Discarded data must still be credited to the stream and connection it came from (but
+        not the part of a replayed request credited before)."""
+        dropped = stream.pending_bytes - stream.uncredited
         stream.pending.clear()
         stream.pending_bytes = 0
+        stream.uncredited = 0
         stream.tail = None
         peer = stream.peer
-        if dropped and peer is not None and peer.conn is not None:
-            peer.conn.credit(None, dropped)
+        if dropped > 0 and peer is not None and peer.conn is not None:
+            peer.conn.credit(peer, dropped)
 
     def _close(self, stream: Stream) -> None:
         stream.send_closed = stream.recv_closed = True

@@ -9,6 +9,7 @@ size limit and to know whether a failure cuts a message in half).
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
@@ -73,7 +74,9 @@ class Stream:
         "send_window",
         "sid",
         "tail",
+        "tap",
         "unacked",
+        "uncredited",
     )
 
     def __init__(self, handler: StreamHandler | None) -> None:
@@ -94,6 +97,10 @@ class Stream:
         self.msg_left = 0  # bytes left in the current gRPC message
         self.prefix = b""  # partial 5-byte gRPC message prefix
         self.received = 0  # DATA payload bytes received (padding excluded), for the metrics
+        # Told of each DATA payload received before it is relayed (the relay's retry buffer, mirror).
+        self.tap: Callable[[bytes, bool], None] | None = None
+        # Bytes at the front of `pending` already credited to the peer's sender (a replayed request).
+        self.uncredited = 0
 
     @property
     def at_message_boundary(self) -> bool:

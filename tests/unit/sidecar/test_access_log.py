@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from sidecar.access_log import AccessLog, trace_id_of
-from sidecar.call import CallHead
+from sidecar.call import CallHead, Target
 from sidecar.config import Address, ConfigError, parse_config
 from sidecar.grpc_wire import Code
 from sidecar.h2 import frames as F
@@ -62,8 +62,9 @@ def _call(relay: Relay, clock: Clock, *, peer: str | None = None, traceparent: b
     parsed = parse_request(tuple(headers))
     head = CallHead(parsed.path, parsed.authority, parsed.forward, peer, None)
     call = ProxyCall(
-        relay, Stream(None), head, parsed, b"users", b"http", "users", clock(), "v1",
-        FakePool(Address("127.0.0.1", 4431)),  # type: ignore[arg-type]
+        relay, Stream(None), head, parsed,
+        Target("users", FakePool(Address("127.0.0.1", 4431)), b"users", b"http"),  # type: ignore[arg-type]
+        clock(), "v1",
     )  # fmt: skip
     call.down.received = 12
     call.up.received = 34
@@ -104,8 +105,9 @@ async def test_an_ok_call_is_one_json_line_with_every_field(tmp_path: Path) -> N
     [line] = _lines(path)
     assert set(line) == {
         "time", "trace_id", "direction", "source", "destination", "method", "grpc_status",
-        "duration_ms", "request_bytes", "response_bytes", "upstream", "flags",
+        "duration_ms", "request_bytes", "response_bytes", "upstream", "attempts", "flags",
     }  # fmt: skip
+    assert line["attempts"] == 1
     assert line["time"].endswith("Z") and "T" in line["time"]
     from datetime import datetime
 
@@ -246,6 +248,7 @@ def test_a_line_is_valid_json_whatever_the_caller_sent() -> None:
             0,
             "",
             "",
+            1,
         )
     )
     assert "\n" not in line
