@@ -536,7 +536,10 @@ class ProxyCall:
         REFUSED_STREAM): retried at once on another endpoint, not counted as an attempt (A6)."""
         if self.transparent >= _MAX_TRANSPARENT:
             return False
-        target = self._pick(fresh_only=True)
+        try:
+            target = self._pick(fresh_only=True)
+        except MeshError:
+            return False
         if target is None:
             return False
         self.transparent += 1
@@ -585,7 +588,11 @@ class ProxyCall:
         self.wait = None
         if self.done:
             return
-        target = self._pick(fresh_only=False)
+        try:
+            target = self._pick(fresh_only=False)
+        except MeshError as exc:  # e.g. the destination's breaker opened meanwhile
+            self.fail(*status_for(exc))
+            return
         if target is None:
             self.fail(Code.UNAVAILABLE, f"no endpoint left for '{self.service}'")
             return
@@ -599,17 +606,14 @@ class ProxyCall:
 
     def _pick(self, fresh_only: bool) -> Target | None:
         """Another endpoint of the call's cluster: one not tried yet when there is one (and only
-        such a one when `fresh_only`)."""
+        such a one when `fresh_only`). MeshError when the cluster refuses the call."""
         head = self.head
         pick = head.repick or self.handler
         if pick is None:
             return None
         target = None
         for _ in range(_REPICKS):
-            try:
-                target = pick(head)
-            except MeshError:
-                return None
+            target = pick(head)  # MeshError: no endpoint may take it (breaker, limits)
             if target.pool not in self.tried:
                 return target
         return None if fresh_only else target

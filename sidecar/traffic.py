@@ -438,16 +438,6 @@ def compile_traffic(policies: Iterable[Policy], services: Mapping[str, ServiceEn
     return Traffic(routes, clusters, needs_headers)
 
 
-def _seconds(obj: Mapping[str, Any], key: str, path: str) -> float | None:
-    text = _get(obj, key, str, path)
-    if text is None:
-        return None
-    try:
-        return parse_duration(text)
-    except ValueError as exc:
-        raise PolicyRejected(f"{path}.{key}", str(exc)) from None
-
-
 def _fraction(obj: Mapping[str, Any], key: str, path: str, default: float) -> float:
     percentage = _get(obj, key, dict, path)
     if percentage is None:
