@@ -6,8 +6,9 @@ terminal balancer then picks an endpoint of that cluster. A service without a Vi
 keeps every endpoint (`subset` None). A VirtualService none of whose routes match is UNAVAILABLE
 naming the service and the path (`NoRoute`).
 
-Everything is compiled per snapshot (`sidecar.traffic`); per call this is a dict lookup, the
-matchers of the routes tried, and one random number when a route splits traffic.
+Everything is compiled per snapshot (`sidecar.traffic`); per call this is a pass over the
+call's metadata for the keys routes match on, a dict lookup of the remembered decision (else the
+matchers of the routes tried), and one random number when a route splits traffic.
 """
 
 from __future__ import annotations
@@ -38,9 +39,8 @@ def metadata(head: CallHead) -> dict[bytes, str]:
     return values
 
 
-def first_match(routes: tuple[Route, ...], head: CallHead, needs_headers: bool) -> Route | None:
-    headers = metadata(head) if needs_headers else {}
-    path = head.path
+def first_match_in(routes: tuple[Route, ...], path: str, headers: dict[bytes, str]) -> Route | None:
+    """The first route matching `path` and `headers` (values by key, several joined with ',')."""
     for route in routes:
         if not route.blocks:
             return route
@@ -56,22 +56,62 @@ def first_match(routes: tuple[Route, ...], head: CallHead, needs_headers: bool) 
     return None
 
 
+_MEMO_LIMIT = 4096  # remembered route decisions per snapshot; cleared when full
+
+
 class Routes:
     """Sets `head.service` and `head.subset` to the destination the matching route picks, and
-    what else the route asks: its policy (timeout, retries), an injected fault, a mirror."""
+    what else the route asks: its policy (timeout, retries), an injected fault, a mirror.
+
+    Which route matches depends only on the service, the path and the values of the metadata
+    keys some route's conditions name, so the decision is remembered under those (bounded):
+    a repeated call shape costs one pass over its metadata and a dict lookup, whatever the
+    number of routes."""
 
     def __init__(self, inner: Handler, config: RoutesConfig) -> None:
         self.inner = inner
         self.routes = config.traffic.routes
-        self.needs_headers = config.traffic.needs_headers
         self.random = config.rand.random
         self.stats = config.stats
+        names = {
+            condition.name
+            for routes in self.routes.values()
+            for route in routes
+            for block in route.blocks
+            for condition in block.headers
+        }
+        self.header_names = frozenset(names)
+        self.header_order = tuple(sorted(names))
+        self._memo: dict[tuple[object, ...], Route | None] = {}
+
+    def _match(self, routes: tuple[Route, ...], head: CallHead) -> Route | None:
+        names = self.header_names
+        if not names:
+            key: tuple[object, ...] = (head.service, head.path)
+            values: dict[bytes, str] = {}
+        else:
+            values = {}
+            for name, value, _ in head.headers:
+                if name in names:
+                    text = value.decode("latin-1")
+                    values[name] = f"{values[name]},{text}" if name in values else text
+            key = (head.service, head.path, *(values.get(name) for name in self.header_order))
+        memo = self._memo
+        try:
+            return memo[key]
+        except KeyError:
+            pass
+        route = first_match_in(routes, head.path, values)
+        if len(memo) >= _MEMO_LIMIT:
+            memo.clear()
+        memo[key] = route
+        return route
 
     def __call__(self, head: CallHead) -> Target:
         routes = self.routes.get(head.service)
         if routes is None:
             return self.inner(head)
-        route = first_match(routes, head, self.needs_headers)
+        route = self._match(routes, head)
         if route is None:
             raise NoRoute(f"no route for service '{head.service}' and path '{head.path}'")
         policy = route.policy

@@ -327,3 +327,27 @@ def test_a_route_to_an_undefined_subset_is_nacked_and_the_old_snapshot_kept(tmp_
     outbound = kept.outbound
     assert outbound is not None
     assert outbound(CallHead("/demo.v1.Users/GetUser", "users", (), None, None)).pool.address == V2[0].address
+
+
+def test_remembered_route_decisions_follow_the_values_that_decide_them() -> None:
+    canary = {"match": [{"headers": {"x-canary": {"exact": "true"}}}], "route": [to("v2")]}
+    pair = {"match": [{"headers": {"x-pair": {"exact": "a,b"}}}], "route": [to("v2")]}
+    handler, _ = chain([subsets_rule(), vs(canary, pair, split(100, 0))])
+    shapes: list[tuple[tuple[tuple[bytes, bytes, bool], ...], str]] = [
+        (((b"x-canary", b"true", False),), "v2"),
+        (((b"x-canary", b"false", False),), "v1"),
+        (((b"x-canary", b"true", False), (b"x-other", b"1", False)), "v2"),  # other keys: no part
+        ((), "v1"),
+        (((b"x-pair", b"a", False), (b"x-pair", b"b", False)), "v2"),  # values joined with ','
+        (((b"x-pair", b"a", False),), "v1"),
+    ]
+    for _ in range(3):  # the same shapes again: now from the memo
+        for metadata, expected in shapes:
+            address = handler(CallHead("/demo.v1.Users/GetUser", "users", metadata, None, None)).pool.address
+            assert next(ep.labels["version"] for ep in V1 + V2 if ep.address == address) == expected
+    # High-cardinality values never grow the memo past its bound.
+    for i in range(5_000):
+        metadata = ((b"x-canary", f"user-{i}".encode(), False),)
+        handler(CallHead("/demo.v1.Users/GetUser", "users", metadata, None, None))
+    routes = handler.inner  # type: ignore[attr-defined]
+    assert isinstance(routes, Routes) and len(routes._memo) <= 4096
