@@ -173,6 +173,7 @@ def picker_for(
             service.encode(),
             b"https",
             None if state is None else state.reporter(address),
+            state,
         )
         for ep, address in zip(cluster.endpoints, addresses, strict=True)
     ]

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 from sidecar.h2.hpack_codec import Header
 
 if TYPE_CHECKING:
+    from sidecar.clusters import ClusterState
     from sidecar.pool import UpstreamPool
     from sidecar.traffic import RoutePolicy
 
@@ -46,6 +47,8 @@ class Target:
     scheme: bytes
     # Told the gRPC status of each attempt made on this target (outlier detection, breakers).
     report: Callable[[int], None] | None = None
+    # The destination cluster's resilience state, when its DestinationRule has any (maxRetries).
+    cluster: ClusterState | None = None
 
 
 Handler = Callable[[CallHead], Target]

@@ -60,7 +60,8 @@ class ClusterState:
         self.policy = NO_RESILIENCE
         self.outlier: OutlierDetector | None = None
         self.breaker: CircuitBreaker | None = None
-        self.overflows: dict[str, int] = {"requests": 0, "pending": 0}
+        self.overflows: dict[str, int] = {"requests": 0, "pending": 0, "retries": 0}
+        self.retries_active = 0  # calls retrying now (connectionPool.http.maxRetries bounds it)
         self.ejections = 0
 
     def configure(self, policy: Resilience, addresses: Sequence[str]) -> None:
@@ -106,6 +107,14 @@ class ClusterState:
             except Overflow as exc:
                 self.overflows[exc.kind] += 1
                 raise
+
+    def may_retry(self) -> bool:
+        """False (counted as an overflow) when connectionPool.http.maxRetries calls are retrying."""
+        limit = self.policy.limits.max_retries
+        if limit and self.retries_active >= limit:
+            self.overflows["retries"] += 1
+            return False
+        return True
 
     def reporter(self, address: str) -> Callable[[int], None] | None:
         """What a Target of `address` in this cluster calls with each attempt's status."""

@@ -225,6 +225,7 @@ class ProxyCall:
         "buffer",
         "buffered",
         "cancelled",
+        "cluster",
         "deadline",
         "dest",
         "direction",
@@ -288,6 +289,7 @@ class ProxyCall:
         self.wait: asyncio.TimerHandle | None = None  # a backoff, or an injected delay
         self.pool: UpstreamPool | None = target.pool  # the current attempt's endpoint
         self.report = target.report
+        self.cluster = target.cluster  # where the call was first sent (its maxRetries)
         self.flags = ""
         policy = head.policy
         self.retry = None if policy is None else policy.retry
@@ -509,6 +511,10 @@ class ProxyCall:
             if denied is not None:
                 stats.incr(f"{self.direction}.retry_denied_{denied}")
                 return False
+        cluster = self.cluster
+        if cluster is not None and not self.retrying and not cluster.may_retry():
+            stats.incr(f"{self.direction}.retry_denied_max_retries")
+            return False
         if delay is None:
             self.backoff_n += 1
             delay = backoff(retry, self.backoff_n, relay.random)
@@ -524,6 +530,8 @@ class ProxyCall:
             self.retrying = True
             if dest is not None:
                 dest.retries_active += 1
+            if cluster is not None:
+                cluster.retries_active += 1
         self.attempt += 1
         self.flags = "retried"
         stats.incr(f"{self.direction}.retries")
@@ -676,6 +684,8 @@ class ProxyCall:
                 dest.retries_active -= 1
             if status == Code.OK:
                 dest.call_succeeded()
+        if self.retrying and self.cluster is not None:
+            self.cluster.retries_active -= 1
         if self.flags:
             flags = f"{self.flags},{flags}" if flags else self.flags
         relay = self.relay

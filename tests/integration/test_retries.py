@@ -311,3 +311,24 @@ async def eventually(condition: Callable[[], bool], timeout: float = 10.0) -> No
     while not condition():
         assert time.monotonic() < deadline, "condition not met in time"
         await asyncio.sleep(0.01)
+
+
+def test_connection_pool_max_retries_bounds_the_calls_retrying_at_once(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        rule = Policy(
+            "DestinationRule",
+            "default",
+            "flaky",
+            {"host": "flaky", "trafficPolicy": {"connectionPool": {"http": {"maxRetries": 1}}}},
+        )
+        policy = virtual_service(route(retries={"attempts": 2, "retryOn": "unavailable"}))
+        script = Script(queue=[Fail(UNAVAILABLE)] * 3 + [Sleep(0.5)])
+        async with flaky_mesh(tmp_path, [rule, policy], script=script) as mesh, mesh.channel() as channel:
+            results = await asyncio.gather(*(mesh.call(channel) for _ in range(3)), return_exceptions=True)
+            failed = [r for r in results if isinstance(r, grpc.aio.AioRpcError)]
+            assert [r for r in results if r == [b"ping"]] == [[b"ping"]]  # the one retry made
+            assert [e.code() for e in failed] == [UNAVAILABLE, UNAVAILABLE]
+            assert mesh.stat("outbound.retry_denied_max_retries") == 2
+            assert len(mesh.script.seen) == 4
+
+    run(scenario)
