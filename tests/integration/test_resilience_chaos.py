@@ -158,7 +158,7 @@ def test_a_slowed_endpoint_is_ejected_within_the_interval_and_traffic_moves_away
 def test_the_call_over_http2_max_requests_fails_fast_and_is_counted(chaos: ChaosMesh) -> None:
     limit = 4
     chaos.apply({"connectionPool": {"http": {"http2MaxRequests": limit}}})
-    assert chaos.clusters()["destinations"][0]["overflows"] == {"requests": 0, "pending": 0}
+    assert chaos.clusters()["destinations"][0]["overflows"] == {"requests": 0, "pending": 0, "retries": 0}
     with channel(chaos.client.outbound) as ch, ThreadPoolExecutor(max_workers=limit) as pool:
         sleep = ch.unary_unary(ECHO + "Sleep")
         held: list[Future[Any]] = [
@@ -178,7 +178,7 @@ def test_the_call_over_http2_max_requests_fails_fast_and_is_counted(chaos: Chaos
         wait(held)
         assert all(f.result() for f in held)
         assert unary(ch, 5) == grpc.StatusCode.OK  # room again
-    assert chaos.clusters()["destinations"][0]["overflows"] == {"requests": 1, "pending": 0}
+    assert chaos.clusters()["destinations"][0]["overflows"] == {"requests": 1, "pending": 0, "retries": 0}
     assert (
         'grpc_mesh_overflows_total{destination_service="echo",destination_subset="",limit="requests"} 1.0'
         in chaos.metrics()
