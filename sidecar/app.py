@@ -21,6 +21,7 @@ from sidecar.chain import build_inbound, build_outbound
 from sidecar.clusters import ClusterStates
 from sidecar.config import Address, Policy, SidecarConfig
 from sidecar.h2.stream import Limits
+from sidecar.health_check import HealthCheckers
 from sidecar.metrics import SidecarMetrics
 from sidecar.pool import Pools
 from sidecar.ratelimit import NO_LIMITS, RateLimitCollector, RateLimiter, RateLimits, compile_ratelimits
@@ -92,7 +93,8 @@ class Sidecar:
         self._server_ssl = server_ssl
         self.pools = Pools(self.limits, client_ssl)
         # Outlier, breaker and connection-pool state per destination cluster, across snapshots.
-        self.cluster_states = ClusterStates(rand=self.random)
+        self.health_checkers = HealthCheckers(self.pools)
+        self.cluster_states = ClusterStates(rand=self.random, checkers=self.health_checkers)
         self._cluster_timer: asyncio.Task[None] | None = None
         self.identity = ""
         self.node_id = node_id or ""
@@ -151,7 +153,7 @@ class Sidecar:
         outbound = None
         if config.outbound is not None:
             self.cluster_states.sync(
-                (key, cluster.resilience, [str(ep.address) for ep in cluster.endpoints])
+                (key, cluster.resilience, [ep.address for ep in cluster.endpoints])
                 for key, cluster in traffic.clusters.items()
             )
             outbound = build_outbound(
@@ -223,6 +225,7 @@ class Sidecar:
             )
             self._add(relay, server, "outbound")
             self._cluster_timer = loop.create_task(self.cluster_states.run(), name="outlier-sweeps")
+            self.health_checkers.start()
         if cfg.inbound is not None:
             relay = Relay(
                 "inbound",
@@ -296,6 +299,7 @@ class Sidecar:
         for server in self._servers:
             server.close()
         await asyncio.gather(*(relay.drain(timeout) for relay in self._relays))
+        await self.health_checkers.stop()
         if self._cluster_timer is not None:
             self._cluster_timer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -311,7 +315,8 @@ class Sidecar:
 
     def clusters(self) -> list[dict[str, object]]:
         """Every upstream pool: its address, the services it serves in the snapshot in force
-        (with the endpoint's labels), its connections and the streams open or waiting on it."""
+        (with the endpoint's labels), its connections, the streams open or waiting on it, and
+        the clusters that have ejected it or found it unhealthy."""
         config = self.snapshot.config
         serving: dict[Address, list[tuple[str, dict[str, str]]]] = {}
         for name, entry in config.services.items():
@@ -337,13 +342,17 @@ class Sidecar:
                 }
             )
         ejected: dict[str, list[str]] = {}
+        unhealthy: dict[str, list[str]] = {}
         for state in self.cluster_states.states.values():
-            for address in state.unavailable():
-                ejected.setdefault(address, []).append(
-                    state.service if state.key[1] is None else f"{state.service}/{state.key[1]}"
-                )
+            name = state.service if state.key[1] is None else f"{state.service}/{state.key[1]}"
+            for address in state.ejected():
+                ejected.setdefault(address, []).append(name)
+            for address in state.unhealthy():
+                unhealthy.setdefault(address, []).append(name)
         for pool_entry in out:
-            pool_entry["ejected_from"] = sorted(ejected.get(str(pool_entry["address"]), []))
+            address = str(pool_entry["address"])
+            pool_entry["ejected_from"] = sorted(ejected.get(address, []))  # by outlier detection
+            pool_entry["unhealthy_in"] = sorted(unhealthy.get(address, []))  # by health checks
         out.sort(key=lambda c: str(c["address"]))
         return out
 

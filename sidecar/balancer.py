@@ -1,7 +1,8 @@
 """The outbound terminal when traffic policy exists: an endpoint of the call's cluster, per the
 cluster's load-balancing policy (DestinationRule `trafficPolicy.loadBalancer`), among the
-endpoints outlier detection has not ejected, once the cluster's breaker and connection-pool
-limits admit the call (`Guarded`, for clusters with such settings).
+endpoints outlier detection has not ejected and health checks have not found unhealthy, once
+the cluster's breaker and connection-pool limits admit the call (`Guarded`, for clusters with
+such settings).
 
 Pickers are built once per snapshot with their Targets: round robin is a `next`, random one
 random number, least request two random numbers and two in-flight counts (the pools' open and
@@ -153,9 +154,13 @@ class Guarded:
         if picker is None:
             cluster = self.cluster
             which = "" if cluster.subset is None else f" subset '{cluster.subset}'"
+            ejected = state.ejected()
+            why = [f"{len(ejected)} ejected by outlier detection"] if ejected else []
+            unhealthy = state.unhealthy() - ejected
+            if unhealthy:
+                why.append(f"{len(unhealthy)} failing health checks")
             raise NoRoute(
-                f"every endpoint of service '{cluster.service}'{which} is ejected "
-                f"by outlier detection ({len(self.targets)} in all)"
+                f"no endpoint of service '{cluster.service}'{which} can take calls: {', '.join(why)}"
             )
         state.admit(self.pools)
         return picker(head)

@@ -2,9 +2,10 @@
 
 A snapshot swap rebuilds the pickers, but an endpoint's ejection, a breaker's state and the
 calls in flight must carry on: `ClusterStates` keeps one `ClusterState` per (service, subset)
-that has a DestinationRule `connectionPool`, `outlierDetection` or `circuitBreaker`, and
+that has a DestinationRule `connectionPool`, `outlierDetection`, `circuitBreaker` or `healthCheck`, and
 `sync(traffic)` brings them to each new snapshot (endpoints added or gone, settings changed).
-`run()` is the interval timer of the outlier detectors.
+`run()` is the interval timer of the outlier detectors; the health checks run as tasks of their
+own (sidecar/health_check.py).
 """
 
 from __future__ import annotations
@@ -18,7 +19,9 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from sidecar.circuit import NO_LIMITS, BreakerConfig, CircuitBreaker, ConnectionLimits, check_limits
+from sidecar.config import Address
 from sidecar.errors import Overflow
+from sidecar.health_check import CheckKey, HealthCheckConfig, HealthCheckers
 from sidecar.outlier import OutlierConfig, OutlierDetector
 from sidecar.pool import UpstreamPool
 
@@ -35,10 +38,16 @@ class Resilience:
     limits: ConnectionLimits = NO_LIMITS
     outlier: OutlierConfig | None = None
     breaker: BreakerConfig | None = None
+    health_check: HealthCheckConfig | None = None
 
     @property
     def empty(self) -> bool:
-        return self.limits == NO_LIMITS and self.outlier is None and self.breaker is None
+        return (
+            self.limits == NO_LIMITS
+            and self.outlier is None
+            and self.breaker is None
+            and self.health_check is None
+        )
 
 
 NO_RESILIENCE = Resilience()
@@ -50,13 +59,22 @@ def _cluster_name(key: ClusterKey) -> str:
 
 
 class ClusterState:
-    """One cluster's outlier detector, breaker and admission limits."""
+    """One cluster's outlier detector, breaker, admission limits and health checks."""
 
-    def __init__(self, key: ClusterKey, *, clock: Callable[[], float], rand: random.Random) -> None:
+    def __init__(
+        self,
+        key: ClusterKey,
+        *,
+        clock: Callable[[], float],
+        rand: random.Random,
+        checkers: HealthCheckers | None = None,
+    ) -> None:
         self.key = key
         self.service = key[0]
         self._clock = clock
         self._rand = rand
+        self._checkers = checkers
+        self.checks: tuple[CheckKey, ...] = ()  # this cluster's endpoints' health checks
         self.policy = NO_RESILIENCE
         self.outlier: OutlierDetector | None = None
         self.breaker: CircuitBreaker | None = None
@@ -64,8 +82,11 @@ class ClusterState:
         self.retries_active = 0  # calls retrying now (connectionPool.http.maxRetries bounds it)
         self.ejections = 0
 
-    def configure(self, policy: Resilience, addresses: Sequence[str]) -> None:
+    def configure(self, policy: Resilience, endpoints: Sequence[Address]) -> None:
         self.policy = policy
+        addresses = [str(a) for a in endpoints]
+        check = policy.health_check
+        self.checks = () if check is None else tuple((a, self.service, check) for a in endpoints)
         if policy.outlier is None:
             self.outlier = None
         elif self.outlier is None:
@@ -90,11 +111,23 @@ class ClusterState:
     @property
     def version(self) -> int:
         """Changes whenever the set of endpoints that may take calls does."""
-        return 0 if self.outlier is None else self.outlier.version
+        version = 0 if self.outlier is None else self.outlier.version
+        if self.checks and self._checkers is not None:
+            version += self._checkers.version
+        return version
+
+    def ejected(self) -> frozenset[str]:
+        return frozenset() if self.outlier is None else self.outlier.ejected()
+
+    def unhealthy(self) -> frozenset[str]:
+        checkers = self._checkers
+        if checkers is None:
+            return frozenset()
+        return frozenset(str(key[0]) for key in self.checks if checkers.unhealthy(key))
 
     def unavailable(self) -> frozenset[str]:
-        """Addresses that must get no new calls."""
-        return frozenset() if self.outlier is None else self.outlier.ejected()
+        """Addresses that must get no new calls: ejected or failing their health checks."""
+        return self.ejected() | self.unhealthy()
 
     def admit(self, pools: Sequence[UpstreamPool]) -> None:
         """Raise CircuitOpen or Overflow when the call must fail fast."""
@@ -141,11 +174,19 @@ class ClusterState:
         }
         if self.breaker is not None:
             out["circuit"] = self.breaker.as_json()
+        endpoints: dict[str, dict[str, object]] = {}
         if self.outlier is not None:
             config = self.outlier.config
-            out["endpoints"] = {
-                address: ep.as_json(now, config) for address, ep in self.outlier.endpoints.items()
-            }
+            for address, ep in self.outlier.endpoints.items():
+                endpoints[address] = ep.as_json(now, config)
+        checkers = self._checkers
+        if checkers is not None:
+            for key in self.checks:
+                health = checkers.health.get(key)
+                if health is not None:
+                    endpoints.setdefault(str(key[0]), {})["health"] = health.as_json()
+        if endpoints:
+            out["endpoints"] = endpoints
         return out
 
 
@@ -153,23 +194,32 @@ class ClusterStates:
     """Every cluster's state, by (service, subset); the sidecar owns one."""
 
     def __init__(
-        self, *, clock: Callable[[], float] = time.monotonic, rand: random.Random | None = None
+        self,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        rand: random.Random | None = None,
+        checkers: HealthCheckers | None = None,
     ) -> None:
         self._clock = clock
         self._rand = rand if rand is not None else random.Random()
+        self.checkers = checkers  # None: health checks are not run (tests of the rest)
         self.states: dict[ClusterKey, ClusterState] = {}
         self._wake: asyncio.Event | None = None
 
-    def sync(self, clusters: Iterable[tuple[ClusterKey, Resilience, Sequence[str]]]) -> None:
-        """Bring the states to a new snapshot: (cluster key, its settings, its endpoint addresses)."""
+    def sync(self, clusters: Iterable[tuple[ClusterKey, Resilience, Sequence[Address]]]) -> None:
+        """Bring the states to a new snapshot: (cluster key, its settings, its endpoints)."""
         keep: dict[ClusterKey, ClusterState] = {}
-        for key, policy, addresses in clusters:
+        for key, policy, endpoints in clusters:
             if policy.empty:
                 continue
-            state = self.states.get(key) or ClusterState(key, clock=self._clock, rand=self._rand)
-            state.configure(policy, addresses)
+            state = self.states.get(key) or ClusterState(
+                key, clock=self._clock, rand=self._rand, checkers=self.checkers
+            )
+            state.configure(policy, endpoints)
             keep[key] = state
         self.states = keep
+        if self.checkers is not None:
+            self.checkers.sync(check for state in keep.values() for check in state.checks)
         if self._wake is not None:
             self._wake.set()
 

@@ -42,6 +42,8 @@ _PARSE_CACHE_LIMIT = 1024
 _MAX_TRANSPARENT = 3  # retries of attempts that never reached an application, per call
 _REPICKS = 4  # tries at picking an endpoint not tried yet, for a retry
 _MIRROR_TIMEOUT = 30.0  # seconds a mirrored copy of a call without a deadline may take
+# A caller's cancel this close to the call's deadline is the deadline expiring (seconds).
+DEADLINE_SLACK = 0.05
 
 # RST_STREAM codes from the upstream, as the status the call is counted with.
 _RESET_STATUS = {
@@ -442,7 +444,14 @@ class ProxyCall:
             # The caller cancelled (or its connection went away): cancel upstream too.
             self.cancelled = True
             self._abort_upstream(F.CANCEL)
-            self._finish(Code.CANCELLED, "cancelled")
+            deadline = self.deadline
+            if deadline is not None and self.relay.clock() >= deadline - DEADLINE_SLACK:
+                # A caller gives up at its deadline a hair before the sidecar's timer (which
+                # started when the headers arrived): the upstream was too slow, as the caller
+                # sees it, and outlier detection must count it so.
+                self._finish(Code.DEADLINE_EXCEEDED, "deadline")
+            else:
+                self._finish(Code.CANCELLED, "cancelled")
             return
         if self.done:
             return

@@ -4,7 +4,8 @@
 
 - `clusters`: (service, subset or None) → the endpoints it selects, its load-balancing policy
   (the DestinationRule's `trafficPolicy.loadBalancer`, a subset's own overriding it) and its
-  resilience settings (`connectionPool`, `outlierDetection`, `circuitBreaker`: sidecar.clusters).
+  resilience settings (`connectionPool`, `outlierDetection`, `circuitBreaker`, `healthCheck`:
+  sidecar.clusters).
   The `(service, None)` cluster is every endpoint of the service.
 - `routes`: service → its VirtualService's http[] routes in order, each with compiled matchers
   (regexes compiled here, header names as bytes) and cumulative weights over its destinations.
@@ -30,6 +31,7 @@ from sidecar.circuit import BreakerConfig, ConnectionLimits
 from sidecar.clusters import NO_RESILIENCE, Resilience
 from sidecar.config import Endpoint, Policy, ServiceEntry
 from sidecar.grpc_wire import Code
+from sidecar.health_check import HealthCheckConfig
 from sidecar.outlier import FailurePercentageEjection, OutlierConfig, SuccessRateEjection
 from sidecar.retry import DEFAULT_RETRY_ON, RetryPolicy
 
@@ -58,7 +60,7 @@ class Cluster:
     subset: str | None
     endpoints: tuple[Endpoint, ...]
     lb: LoadBalancer
-    resilience: Resilience = NO_RESILIENCE  # connectionPool, outlierDetection, circuitBreaker
+    resilience: Resilience = NO_RESILIENCE  # connectionPool, outlierDetection, circuitBreaker, healthCheck
 
 
 StrMatcher = Callable[[str], bool]
@@ -318,16 +320,40 @@ def _breaker(spec: Mapping[str, Any], path: str) -> BreakerConfig:
     return config
 
 
+def _health_check(spec: Mapping[str, Any], path: str) -> HealthCheckConfig:
+    d = HealthCheckConfig()
+    interval = _seconds(spec, "interval", path)
+    timeout = _seconds(spec, "timeout", path)
+    config = HealthCheckConfig(
+        interval=d.interval if interval is None else interval,
+        timeout=d.timeout if timeout is None else timeout,
+        unhealthy_threshold=_count(spec, "unhealthyThreshold", path, d.unhealthy_threshold),
+        healthy_threshold=_count(spec, "healthyThreshold", path, d.healthy_threshold),
+        service=_get(spec, "serviceName", str, path, d.service),
+    )
+    for key, value in (
+        ("unhealthyThreshold", config.unhealthy_threshold),
+        ("healthyThreshold", config.healthy_threshold),
+    ):
+        if value < 1:
+            raise PolicyRejected(f"{path}.{key}", f"must be at least 1, got {value}")
+    if config.interval <= 0 or config.timeout <= 0:
+        raise PolicyRejected(path, "interval and timeout must be above 0")
+    return config
+
+
 def _resilience(policy: Mapping[str, Any], path: str, default: Resilience) -> Resilience:
-    """The trafficPolicy's connectionPool, outlierDetection and circuitBreaker; a block absent
-    here is the `default`'s (a subset's trafficPolicy over its rule's)."""
+    """The trafficPolicy's connectionPool, outlierDetection, circuitBreaker and healthCheck; a
+    block absent here is the `default`'s (a subset's trafficPolicy over its rule's)."""
     pool = _get(policy, "connectionPool", dict, path)
     outlier = _get(policy, "outlierDetection", dict, path)
     breaker = _get(policy, "circuitBreaker", dict, path)
+    check = _get(policy, "healthCheck", dict, path)
     return Resilience(
         default.limits if pool is None else _connection_limits(pool, f"{path}.connectionPool"),
         default.outlier if outlier is None else _outlier(outlier, f"{path}.outlierDetection"),
         default.breaker if breaker is None else _breaker(breaker, f"{path}.circuitBreaker"),
+        default.health_check if check is None else _health_check(check, f"{path}.healthCheck"),
     )
 
 

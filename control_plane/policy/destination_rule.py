@@ -30,6 +30,12 @@ spec:
       consecutiveFailures: 10          # failures in a row (UNAVAILABLE, DEADLINE_EXCEEDED, ...) → open
       openTime: 5s                     # fail fast this long, then let probes through
       halfOpenCalls: 3                 # probes; all succeed → closed, one fails → open again
+    healthCheck:                       # mesh-native: active grpc.health.v1 checks of each endpoint
+      interval: 5s
+      timeout: 1s                      # at most the interval
+      unhealthyThreshold: 2            # failed checks in a row → no new calls
+      healthyThreshold: 1              # passed checks in a row → back
+      serviceName: ""                  # the health service name asked about ("": the whole server)
   subsets:
   - name: v1
     labels: {version: v1}
@@ -50,6 +56,7 @@ from typing import Any
 from control_plane.policy.fields import (
     INT32_MAX,
     Invalid,
+    any_string,
     child,
     dns_label,
     duration,
@@ -66,6 +73,7 @@ from control_plane.policy.fields import (
     quoted,
     service_host,
 )
+from sidecar.wire_checks import CheckFailed, check_grpc_service
 
 LOAD_BALANCERS = ("ROUND_ROBIN", "LEAST_REQUEST", "RANDOM")
 MAX_RING_SIZE = 8 * 1024 * 1024
@@ -183,6 +191,37 @@ def _circuit_breaker(value: object, path: str) -> dict[str, Any]:
     )
 
 
+def _health_service(value: object, path: str) -> str:
+    text = any_string(value, path)
+    if text:
+        try:
+            check_grpc_service(text, path)
+        except CheckFailed as exc:
+            raise Invalid(path, exc.reason) from None
+    return text
+
+
+def _health_check(value: object, path: str) -> dict[str, Any]:
+    result = fields(
+        value,
+        path,
+        {
+            "interval": duration(),
+            "timeout": duration(),
+            "unhealthyThreshold": integer(1, INT32_MAX),
+            "healthyThreshold": integer(1, INT32_MAX),
+            "serviceName": _health_service,
+        },
+    )
+    interval = parse_duration(result.get("interval", "5s"))
+    if "timeout" in result and parse_duration(result["timeout"]) > interval:
+        raise Invalid(
+            child(path, "timeout"),
+            f"must not be longer than the interval ({quoted(result.get('interval', '5s'))})",
+        )
+    return result
+
+
 def _traffic_policy(value: object, path: str) -> dict[str, Any]:
     return fields(
         value,
@@ -192,6 +231,7 @@ def _traffic_policy(value: object, path: str) -> dict[str, Any]:
             "connectionPool": _connection_pool,
             "outlierDetection": _outlier_detection,
             "circuitBreaker": _circuit_breaker,
+            "healthCheck": _health_check,
         },
         hints={
             "tls": "mTLS between sidecars is automatic (see PeerAuthentication)",

@@ -1,6 +1,7 @@
 """Endpoint-side resilience with real processes: a control plane, three echo servers behind their
 own sidecars and a client sidecar. One echo server is slowed to 2 s and outlier detection moves
-the traffic away within the configured interval; concurrent calls over `connectionPool`'s
+the traffic away within the configured interval; one turning NOT_SERVING (as in a graceful
+shutdown) is drained by the health checks; concurrent calls over `connectionPool`'s
 http2MaxRequests fail fast; a destination whose every endpoint fails opens its breaker. The
 client sidecar's /clusters and /metrics show what happened."""
 
@@ -57,7 +58,7 @@ class ChaosMesh:
         path.write_text(yaml.safe_dump(rule, sort_keys=False))
         self.control_plane.ok("apply", "-f", str(path), "--wait", "--timeout", "30s")
 
-    def fault(self, echo: RunningSidecar, **spec: int) -> None:
+    def fault(self, echo: RunningSidecar, **spec: int | bool) -> None:
         """Tell one echo server (directly, not through the mesh) to be slow or to fail."""
         assert echo.app is not None
         with grpc.insecure_channel(str(echo.app.ready["address"])) as ch:
@@ -148,6 +149,14 @@ def test_a_slowed_endpoint_is_ejected_within_the_interval_and_traffic_moves_away
     assert destination["endpoints"][slow.inbound]["ejected"] is True
     assert destination["endpoints"][slow.inbound]["ejected_for_seconds"] > 50
     metrics = chaos.metrics()
+    # The callers gave up at their deadline, a hair before the sidecar's own timer: counted (and
+    # judged by outlier detection) as DEADLINE_EXCEEDED, not as a caller's CANCELLED.
+    statuses = {
+        line.partition('grpc_response_status="')[2].partition('"')[0]
+        for line in metrics.splitlines()
+        if line.startswith("istio_requests_total{")
+    }
+    assert "4" in statuses and "1" not in statuses, statuses
     assert (
         'grpc_mesh_outlier_ejections_total{destination_service="echo",destination_subset=""} 1.0' in metrics
     )
@@ -209,3 +218,32 @@ def test_every_endpoint_failing_opens_the_breaker_which_fails_fast(chaos: ChaosM
     finally:
         for echo in chaos.echoes:
             chaos.fault(echo)
+
+
+def test_an_endpoint_turning_not_serving_is_drained_by_health_checks(chaos: ChaosMesh) -> None:
+    # Asking about test.Echo: an app NOT_SERVING as a whole ("") also leaves the registry (its
+    # sidecar's sidecar/app_health.py tells the control plane); the active checks see both.
+    check = {"interval": "200ms", "timeout": "200ms", "unhealthyThreshold": 2, "serviceName": "test.Echo"}
+    chaos.apply({"healthCheck": check})
+    draining = chaos.echoes[1]
+
+    def unhealthy() -> list[str]:
+        return [c["address"] for c in chaos.clusters()["clusters"] if c["unhealthy_in"] == ["echo"]]
+
+    assert unhealthy() == []
+    # NOT_SERVING, and slow: a new call sent there would miss its 1 s deadline.
+    chaos.fault(draining, serving=False, delay_ms=2000)
+    try:
+        wait_for(lambda: unhealthy() == [draining.inbound], TIMEOUT, "the health checks to find it")
+        with channel(chaos.client.outbound) as ch, ThreadPoolExecutor(max_workers=12) as pool:
+            codes = list(pool.map(lambda _: unary(ch, 1.0), range(60)))
+        assert codes == [grpc.StatusCode.OK] * 60
+        [destination] = chaos.clusters()["destinations"]
+        assert destination["endpoints"][draining.inbound]["health"]["healthy"] is False
+        assert destination["endpoints"][draining.inbound]["health"]["last_check"] == "NOT_SERVING"
+        healthy = destination["endpoints"][chaos.echoes[0].inbound]["health"]
+        assert healthy["healthy"] is True
+        assert healthy["last_check"] == "SERVING"
+    finally:
+        chaos.fault(draining)
+    wait_for(lambda: unhealthy() == [], TIMEOUT, "it to be healthy again once SERVING")

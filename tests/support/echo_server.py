@@ -22,9 +22,11 @@ Methods of test.Echo:
   replies like ClientStream.
 - Stats: {"id": ID} → {"state": "started" | "completed" | "cancelled" | null} for the Sleep or
   ServerStream call with that id: how the test learns the server saw a cancellation.
-- Fault: {"delay_ms": D, "code": C} → from now on every Unary call waits D ms, then (with C)
-  ends with status C instead of echoing; {} heals the server. Replies {} (chaos tests call it on
-  one server directly, not through the mesh).
+- Fault: {"delay_ms": D, "code": C, "serving": S} → from now on every Unary call waits D ms,
+  then (with C) ends with status C instead of echoing; with "serving": false, grpc.health.v1
+  says NOT_SERVING for test.Echo (the server as a whole, "", stays SERVING, so its sidecar keeps
+  it registered and only health checks asking about test.Echo see it). {} heals the server.
+  Replies {} (chaos tests call it on one server directly, not through the mesh).
 """
 
 from __future__ import annotations
@@ -80,8 +82,9 @@ def _status_code(number: int) -> Any:
 class Echo:
     """The test.Echo handlers. `states` records Sleep and ServerStream calls by their id."""
 
-    def __init__(self) -> None:
+    def __init__(self, health_servicer: Any = None) -> None:
         self.states: dict[str, str] = {}
+        self.health = health_servicer  # grpc_health's aio HealthServicer, for Fault's "serving"
         self.delay = 0.0  # seconds every Unary call waits (Fault)
         self.fail_code = 0  # the status every Unary call ends with, when not 0 (Fault)
 
@@ -177,7 +180,15 @@ class Echo:
         spec = _json(request)
         self.delay = float(spec.get("delay_ms", 0)) / 1000.0
         self.fail_code = int(spec.get("code", 0))
-        log.info("fault: delay %.3fs, status %d", self.delay, self.fail_code)
+        serving = bool(spec.get("serving", True))
+        if self.health is not None:
+            status = (
+                health_pb2.HealthCheckResponse.SERVING
+                if serving
+                else health_pb2.HealthCheckResponse.NOT_SERVING
+            )
+            await self.health.set(SERVICE, status)
+        log.info("fault: delay %.3fs, status %d, serving %s", self.delay, self.fail_code, serving)
         return b"{}"
 
     def handler(self) -> Any:
@@ -203,8 +214,8 @@ def _write_ready(path: Path, address: str) -> None:
 
 async def serve(listen: str, ready_file: Path | None) -> int:
     server = grpc.aio.server(options=SERVER_OPTIONS)
-    server.add_generic_rpc_handlers((Echo().handler(),))
     health_servicer = health.aio.HealthServicer()
+    server.add_generic_rpc_handlers((Echo(health_servicer).handler(),))
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     await health_servicer.set(SERVICE, health_pb2.HealthCheckResponse.SERVING)
     reflection.enable_server_reflection([health.SERVICE_NAME, reflection.SERVICE_NAME], server)

@@ -146,7 +146,7 @@ def balancer(policy: Policy, clock: FakeClock) -> tuple[Balancer, ClusterStates]
     traffic = compile_traffic([policy], SERVICES)
     states = ClusterStates(clock=clock, rand=random.Random(3))
     states.sync(
-        (key, cluster.resilience, [str(ep.address) for ep in cluster.endpoints])
+        (key, cluster.resilience, [ep.address for ep in cluster.endpoints])
         for key, cluster in traffic.clusters.items()
     )
     pools = Pools(Limits(), ssl.create_default_context())
@@ -192,7 +192,7 @@ def test_every_endpoint_ejected_fails_fast_with_unavailable() -> None:
         pick(head())
     assert status_for(refused.value) == (
         Code.UNAVAILABLE,
-        "every endpoint of service 'users' is ejected by outlier detection (3 in all)",
+        "no endpoint of service 'users' can take calls: 3 ejected by outlier detection",
     )
 
 

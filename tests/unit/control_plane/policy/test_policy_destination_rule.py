@@ -43,6 +43,13 @@ SPEC: dict[str, Any] = {
             },
         },
         "circuitBreaker": {"consecutiveFailures": 10, "openTime": "5s", "halfOpenCalls": 3},
+        "healthCheck": {
+            "interval": "5s",
+            "timeout": "1s",
+            "unhealthyThreshold": 2,
+            "healthyThreshold": 1,
+            "serviceName": "test.Echo",
+        },
     },
     "subsets": [
         {"name": "v1", "labels": {"version": "v1"}},
@@ -85,6 +92,9 @@ def test_subsets_load_balancer_and_outlier_detection_are_valid() -> None:
         (TP, {}),
         (f"{TP}.circuitBreaker", {}),
         (f"{TP}.circuitBreaker", {"openTime": "250ms"}),
+        (f"{TP}.healthCheck", {}),
+        (f"{TP}.healthCheck", {"timeout": "5s"}),
+        (f"{TP}.healthCheck.serviceName", ""),
     ],
 )
 def test_valid_variants(path: str, value: Any) -> None:
@@ -92,6 +102,11 @@ def test_valid_variants(path: str, value: Any) -> None:
 
 
 BAD: list[tuple[str, Any, str, str]] = [
+    # health checks (mesh-native)
+    (f"{TP}.healthCheck.timeout", "6s", f"{TP}.healthCheck.timeout", 'longer than the interval ("5s")'),
+    (f"{TP}.healthCheck.unhealthyThreshold", 0, f"{TP}.healthCheck.unhealthyThreshold", "at least 1"),
+    (f"{TP}.healthCheck.serviceName", "a/b", f"{TP}.healthCheck.serviceName", "not a gRPC service name"),
+    (f"{TP}.healthCheck.path", "/healthz", f"{TP}.healthCheck.path", "field not supported"),
     # circuit breaker (mesh-native)
     (f"{TP}.circuitBreaker.consecutiveFailures", 0, f"{TP}.circuitBreaker.consecutiveFailures", "at least 1"),
     (f"{TP}.circuitBreaker.halfOpenCalls", 0, f"{TP}.circuitBreaker.halfOpenCalls", "at least 1"),
