@@ -54,3 +54,9 @@ bench: venv tools
 .PHONY: bench-control-plane
 bench-control-plane: venv
 	$(PY) -m bench.control_plane
+
+# CPU an inbound call spends in authorization (50 rules) and JWT validation (bench/README.md).
+# Writes bench/results/authz.md. Not part of `make test`.
+.PHONY: bench-authz
+bench-authz: venv
+	$(PY) -m bench.authz

@@ -20,9 +20,14 @@ from sidecar.certs import CertInfo
 from sidecar.chain import build_inbound, build_outbound
 from sidecar.clusters import ClusterStates
 from sidecar.config import Address, Policy, SidecarConfig
+from sidecar.h2.connection import H2Connection
 from sidecar.h2.stream import Limits
 from sidecar.health_check import HealthCheckers
+from sidecar.jwks import JwksStore
+from sidecar.jwt_authn import NO_JWT_AUTHN, JwtAuthn
+from sidecar.listener import InboundListener
 from sidecar.metrics import SidecarMetrics
+from sidecar.peer_authentication import DEFAULT_PEER_AUTHN, PeerAuthn
 from sidecar.pool import Pools
 from sidecar.ratelimit import NO_LIMITS, RateLimitCollector, RateLimiter, RateLimits, compile_ratelimits
 from sidecar.relay import Relay
@@ -50,6 +55,8 @@ class Snapshot:
     traffic: Traffic = NO_TRAFFIC  # the routing policies among them, compiled
     authz: Authz = NO_AUTHZ  # the AuthorizationPolicies among them, compiled
     ratelimits: RateLimits = NO_LIMITS  # the RateLimitPolicies among them, compiled
+    peer_authn: PeerAuthn = DEFAULT_PEER_AUTHN  # the inbound listener's mTLS mode (STRICT by default)
+    jwt_authn: JwtAuthn = NO_JWT_AUTHN  # the RequestAuthentications among them, compiled
 
 
 def _jsonable(value: Any) -> Any:
@@ -96,6 +103,7 @@ class Sidecar:
         self.health_checkers = HealthCheckers(self.pools)
         self.cluster_states = ClusterStates(rand=self.random, checkers=self.health_checkers)
         self._cluster_timer: asyncio.Task[None] | None = None
+        self.jwks = JwksStore()  # the JWKS the RequestAuthentications name, kept fresh off the call path
         self.identity = ""
         self.node_id = node_id or ""
         if config.control_plane is not None:
@@ -126,7 +134,7 @@ class Sidecar:
         self.access_log = AccessLog(config.access_log) if config.access_log is not None else None
         self.certs = CertInfo(config.tls.cert, config.tls.ca) if config.tls is not None else None
         self._backoff = backoff
-        self._servers: list[asyncio.Server] = []
+        self._servers: list[asyncio.Server | InboundListener] = []
         self._relays: list[Relay] = []
         self._admin: web.AppRunner | None = None
         self.addresses: dict[str, str] = {}
@@ -149,6 +157,8 @@ class Sidecar:
         traffic: Traffic = NO_TRAFFIC,
         authz: Authz = NO_AUTHZ,
         ratelimits: RateLimits = NO_LIMITS,
+        peer_authn: PeerAuthn = DEFAULT_PEER_AUTHN,
+        jwt_authn: JwtAuthn = NO_JWT_AUTHN,
     ) -> Snapshot:
         outbound = None
         if config.outbound is not None:
@@ -161,9 +171,21 @@ class Sidecar:
             )
         inbound = None
         if config.inbound is not None:
-            inbound = build_inbound(config, self.pools, authz, self.stats, ratelimits, self.limiter)
+            inbound = build_inbound(
+                config, self.pools, authz, self.stats, ratelimits, self.limiter, jwt_authn, self.jwks
+            )
         return Snapshot(
-            version, config, outbound, inbound, policies, store_revision, traffic, authz, ratelimits
+            version,
+            config,
+            outbound,
+            inbound,
+            policies,
+            store_revision,
+            traffic,
+            authz,
+            ratelimits,
+            peer_authn,
+            jwt_authn,
         )
 
     def apply(self, discovered: Discovered) -> None:
@@ -182,6 +204,7 @@ class Sidecar:
             )
             return
         config = dataclasses.replace(self.config, services=discovered.services)
+        self.jwks.track(discovered.jwt_authn.uris)  # file:// sets are read now, URLs fetched soon
         self.snapshot = self._build_snapshot(
             discovered.version,
             config,
@@ -190,9 +213,22 @@ class Sidecar:
             discovered.traffic,
             discovered.authz,
             discovered.ratelimits,
+            discovered.peer_authn,
+            discovered.jwt_authn,
         )
         keep = {ep.address for entry in discovered.services.values() for ep in entry.endpoints}
         self.pools.retire_secure(keep)
+        if current.peer_authn.plaintext_allowed and not discovered.peer_authn.plaintext_allowed:
+            self._drain_plaintext()
+
+    def _drain_plaintext(self) -> None:
+        """PERMISSIVE → STRICT: GOAWAY every plaintext inbound connection. Its calls in flight
+        finish; its client reconnects, and the listener now refuses plaintext."""
+        for relay in self._relays:
+            if relay.direction == "inbound":
+                for conn in list(relay.connections):
+                    if _plaintext(conn):
+                        conn.drain()
 
     def _outbound(self) -> Handler:
         handler = self.snapshot.outbound
@@ -236,10 +272,16 @@ class Sidecar:
                 metrics=self.metrics.calls,
                 access_log=self.access_log,
             )
-            server = await loop.create_server(
-                relay.protocol, cfg.inbound.host, cfg.inbound.port, ssl=self._server_ssl, reuse_address=True
+            server_ssl = self._server_ssl
+            assert server_ssl is not None  # the config requires tls with an inbound listener
+            listener = InboundListener(
+                relay.protocol,
+                lambda: server_ssl,
+                lambda: self.snapshot.peer_authn.plaintext_allowed,
+                self.stats,
             )
-            self._add(relay, server, "inbound")
+            await listener.start(cfg.inbound.host, cfg.inbound.port)
+            self._add(relay, listener, "inbound")
         app = build_admin_app_for(self)
         self._admin = web.AppRunner(app, access_log=None)
         await self._admin.setup()
@@ -265,7 +307,7 @@ class Sidecar:
             self.app_health = AppHealthWatcher(self.config.app, self.discovery.report_health)
             self.app_health.start()
 
-    def _add(self, relay: Relay, server: asyncio.Server, name: str) -> None:
+    def _add(self, relay: Relay, server: asyncio.Server | InboundListener, name: str) -> None:
         self._relays.append(relay)
         self._servers.append(server)
         self.addresses[name] = _bound(server)
@@ -278,6 +320,12 @@ class Sidecar:
             "listeners": dict(self.addresses),
             "draining": self.draining,
         }
+        if self.config.inbound is not None:
+            dump["peer_authentication"] = _jsonable(snap.peer_authn)
+            dump["jwks"] = {
+                uri: {"keys": self.jwks.get(uri) is not None, "error": self.jwks.errors.get(uri)}
+                for uri in sorted(snap.jwt_authn.uris)
+            }
         if self.config.control_plane is not None:
             dump["store_revision"] = snap.store_revision
             dump["policies"] = _jsonable(snap.policies)
@@ -306,6 +354,7 @@ class Sidecar:
                 await self._cluster_timer
         await self.pools.close()
         await self.limiter.close()
+        await self.jwks.close()
         for server in self._servers:
             await server.wait_closed()
         if self._admin is not None:
@@ -370,6 +419,11 @@ def _limiter(config: SidecarConfig, stats: Stats) -> RateLimiter:
         key_prefix=f"{config.namespace}/{config.service}",
         retry_seconds=settings.retry_seconds,
     )
+
+
+def _plaintext(conn: H2Connection) -> bool:
+    transport = conn.transport
+    return transport is not None and transport.get_extra_info("ssl_object") is None
 
 
 def _bound(server: Any) -> str:

@@ -15,9 +15,11 @@ exact, `*`, a prefix `x*` or a suffix `*x`. Principals are matched against the c
 `spiffe://cluster.local/ns/default/sa/orders` both name it; a caller without a SPIFFE ID has no
 principal and no namespace (`*` does not match it, `notPrincipals` do).
 
-No JWT is validated yet (RequestAuthentication is a later part of issue 4), so every call is one
-without a token, as Istio sees it: `requestPrincipals` and `request.auth.claims[...]` `values`
-never match, `notRequestPrincipals` and claims `notValues` always match.
+JWT conditions read the token RequestAuthentication validated (`head.auth`): `requestPrincipals`
+and `request.auth.principal` match "<iss>/<sub>", `request.auth.claims[a][b]` a claim (nested
+claims by path; a list claim matches when any string in it does), `request.auth.audiences` and
+`request.auth.presenter` the `aud` and `azp` claims. A call without a valid token has none of
+them: `values` never match it, `notValues` and `notRequestPrincipals` always do.
 
 A spec the sidecar cannot use (a malformed pattern, an unknown action or condition key) raises
 `PolicyRejected` naming the field; discovery NACKs and keeps the last good snapshot.
@@ -27,13 +29,14 @@ docs/authorization.md explains the semantics.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Hashable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from sidecar.call import CallHead
 from sidecar.config import Policy
 from sidecar.filters.routes import metadata
+from sidecar.jwt_authn import RequestAuth
 from sidecar.traffic import PolicyRejected, _dicts, _get
 
 KIND = "AuthorizationPolicy"
@@ -98,11 +101,23 @@ class Rule:
     conditions: tuple[Check, ...]  # all
 
     def matches(self, peer: Peer, head: CallHead, headers: Mapping[bytes, str]) -> bool:
-        if self.sources and not any(s(peer, head, headers) for s in self.sources):
-            return False
-        if self.operations and not any(o(peer, head, headers) for o in self.operations):
-            return False
-        return all(c(peer, head, headers) for c in self.conditions)
+        # Plain loops: a generator per part cost more than the checks themselves.
+        if self.sources:
+            for source in self.sources:
+                if source(peer, head, headers):
+                    break
+            else:
+                return False
+        if self.operations:
+            for operation in self.operations:
+                if operation(peer, head, headers):
+                    break
+            else:
+                return False
+        for condition in self.conditions:  # noqa: SIM110 (a loop: no generator per call)
+            if not condition(peer, head, headers):
+                return False
+        return True
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,7 +132,10 @@ class CompiledPolicy:
         return f"{self.namespace}/{self.name}"
 
     def matches(self, peer: Peer, head: CallHead, headers: Mapping[bytes, str]) -> bool:
-        return any(rule.matches(peer, head, headers) for rule in self.rules)
+        for rule in self.rules:  # noqa: SIM110 (a loop: no generator per call)
+            if rule.matches(peer, head, headers):
+                return True
+        return False
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,10 +144,20 @@ class Authz:
     allow: tuple[CompiledPolicy, ...]
     needs_headers: bool = False  # some `when` reads request.headers[...]
     no_allow_message: str = ""
+    header_names: frozenset[bytes] = frozenset()  # the headers some `when` reads
+    reads_auth: bool = False  # some rule reads the validated JWT (head.auth)
 
     @property
     def empty(self) -> bool:
         return not self.deny and not self.allow
+
+    def key(self, head: CallHead) -> Hashable:
+        """Everything `check` reads of a call: two calls with equal keys get the same decision."""
+        if not self.needs_headers and not self.reads_auth:
+            return (head.peer, head.path)
+        wanted = self.header_names
+        values = tuple((n, v) for n, v, _ in head.headers if n in wanted) if wanted else ()
+        return (head.peer, head.path, values, head.auth if self.reads_auth else None)
 
     def check(self, head: CallHead, peer: Peer | None = None) -> str | None:
         """None when the call is allowed, else the denial message (naming the policy)."""
@@ -204,7 +232,15 @@ def _all(checks: list[Check]) -> Check:
     return lambda peer, head, headers: all(c(peer, head, headers) for c in parts)
 
 
-def _source(spec: Mapping[str, Any], path: str) -> Check:
+@dataclass(slots=True)
+class _Reads:
+    """What the rules compiled so far read of a call beyond its peer and path."""
+
+    headers: set[bytes]
+    auth: bool = False
+
+
+def _source(spec: Mapping[str, Any], path: str, reads: _Reads) -> Check:
     checks: list[Check] = []
     for key, of, negate in (
         ("principals", _principal, False),
@@ -215,11 +251,68 @@ def _source(spec: Mapping[str, Any], path: str) -> Check:
         patterns = _patterns(spec, key, path)
         if patterns is not None:
             checks.append(_on_peer(of(patterns), negate))
-    # No validated JWT yet: a call has no request principal.
-    if _patterns(spec, "requestPrincipals", path) is not None:
-        checks.append(_never)
-    _patterns(spec, "notRequestPrincipals", path)  # checked; always holds without a token
+    request_principals = _patterns(spec, "requestPrincipals", path)
+    if request_principals is not None:
+        checks.append(_on_auth(_request_principal(request_principals), negate=False))
+        reads.auth = True
+    not_request_principals = _patterns(spec, "notRequestPrincipals", path)
+    if not_request_principals is not None:
+        checks.append(_on_auth(_request_principal(not_request_principals), negate=True))
+        reads.auth = True
     return _all(checks) if checks else _always
+
+
+def _request_principal(patterns: Patterns) -> Callable[[RequestAuth | None], bool]:
+    return lambda auth: auth is not None and patterns(auth.principal)
+
+
+def _on_auth(test: Callable[[RequestAuth | None], bool], negate: bool) -> Check:
+    if negate:
+        return lambda peer, head, headers: not test(head.auth)
+    return lambda peer, head, headers: test(head.auth)
+
+
+def _claim_values(names: tuple[str, ...]) -> Callable[[RequestAuth | None], tuple[str, ...]]:
+    """The string values of a (nested) claim: a string, or the strings in a list."""
+
+    def values_of(auth: RequestAuth | None) -> tuple[str, ...]:
+        if auth is None:
+            return ()
+        value: Any = auth.claims
+        for name in names:
+            if not isinstance(value, Mapping):
+                return ()
+            value = value.get(name)
+        if isinstance(value, str):
+            return (value,)
+        if isinstance(value, list):
+            return tuple(v for v in value if isinstance(v, str))
+        return ()
+
+    return values_of
+
+
+_AUTH_KEYS: dict[str, Callable[[RequestAuth | None], tuple[str, ...]]] = {
+    "request.auth.principal": lambda auth: (auth.principal,) if auth is not None else (),
+    "request.auth.audiences": lambda auth: auth.audiences if auth is not None else (),
+    "request.auth.presenter": lambda auth: (auth.presenter,) if auth is not None else (),
+}
+
+
+def _auth_check(
+    values_of: Callable[[RequestAuth | None], tuple[str, ...]],
+    values: Patterns | None,
+    not_values: Patterns | None,
+) -> Check:
+    """`values`: some value matches; `notValues`: none does (absent: values fail, notValues hold)."""
+
+    def check(peer: Peer, head: CallHead, headers: Mapping[bytes, str]) -> bool:
+        found = values_of(head.auth)
+        if values is not None and not any(values(v) for v in found):
+            return False
+        return not_values is None or not any(not_values(v) for v in found)
+
+    return check
 
 
 def _operation(spec: Mapping[str, Any], path: str) -> Check:
@@ -238,10 +331,10 @@ def _operation(spec: Mapping[str, Any], path: str) -> Check:
 
 _HEADER_KEY = re.compile(r"request\.headers\[([^\[\]]*)\]")
 _CLAIM_KEY = re.compile(r"request\.auth\.claims((?:\[[^\[\]]+\])+)")
+_CLAIM_NAME = re.compile(r"\[([^\[\]]+)\]")
 
 
-def _condition(spec: Mapping[str, Any], path: str) -> tuple[Check, bool]:
-    """The condition's check, and whether it reads request headers."""
+def _condition(spec: Mapping[str, Any], path: str, reads: _Reads) -> Check:
     key = _get(spec, "key", str, path)
     if key is None:
         raise PolicyRejected(f"{path}.key", "required")
@@ -249,8 +342,14 @@ def _condition(spec: Mapping[str, Any], path: str) -> tuple[Check, bool]:
     not_values = _patterns(spec, "notValues", path)
     if values is None and not_values is None:
         raise PolicyRejected(path, "needs values or notValues")
-    if _CLAIM_KEY.fullmatch(key):  # no validated JWT yet: no claims
-        return (_always if values is None else _never), False
+    claim = _CLAIM_KEY.fullmatch(key)
+    if claim is not None:
+        names = tuple(_CLAIM_NAME.findall(claim.group(1)))
+        reads.auth = True
+        return _auth_check(_claim_values(names), values, not_values)
+    if key in _AUTH_KEYS:
+        reads.auth = True
+        return _auth_check(_AUTH_KEYS[key], values, not_values)
     header = _HEADER_KEY.fullmatch(key)
     if header is not None:
         name = header.group(1).lower()
@@ -261,14 +360,16 @@ def _condition(spec: Mapping[str, Any], path: str) -> tuple[Check, bool]:
         def value_of(peer: Peer, head: CallHead, headers: Mapping[bytes, str]) -> str:
             return headers.get(raw, "")
 
-        return _value_check(value_of, values, not_values), True
+        reads.headers.add(raw)
+        return _value_check(value_of, values, not_values)
     if key == "source.principal":
-        return _value_check(lambda peer, h, m: peer.spiffe_id, values, not_values, bare=True), False
+        return _value_check(lambda peer, h, m: peer.spiffe_id, values, not_values, bare=True)
     if key == "source.namespace":
-        return _value_check(lambda peer, h, m: peer.namespace, values, not_values), False
+        return _value_check(lambda peer, h, m: peer.namespace, values, not_values)
     raise PolicyRejected(
         f"{path}.key",
         f"{key!r} is not supported; use request.headers[<name>], request.auth.claims[<claim>], "
+        "request.auth.principal, request.auth.audiences, request.auth.presenter, "
         "source.principal or source.namespace",
     )
 
@@ -292,26 +393,21 @@ def _value_check(
     return check
 
 
-def _rule(spec: Mapping[str, Any], path: str) -> tuple[Rule, bool]:
+def _rule(spec: Mapping[str, Any], path: str, reads: _Reads) -> Rule:
     sources = []
     for p, entry in _dicts(spec, "from", path):
         source = _get(entry, "source", dict, p)
         if source is None:
             raise PolicyRejected(f"{p}.source", "required")
-        sources.append(_source(source, f"{p}.source"))
+        sources.append(_source(source, f"{p}.source", reads))
     operations = []
     for p, entry in _dicts(spec, "to", path):
         operation = _get(entry, "operation", dict, p)
         if operation is None:
             raise PolicyRejected(f"{p}.operation", "required")
         operations.append(_operation(operation, f"{p}.operation"))
-    conditions = []
-    needs_headers = False
-    for p, entry in _dicts(spec, "when", path):
-        check, reads_headers = _condition(entry, p)
-        conditions.append(check)
-        needs_headers = needs_headers or reads_headers
-    return Rule(tuple(sources), tuple(operations), tuple(conditions)), needs_headers
+    conditions = [_condition(entry, p, reads) for p, entry in _dicts(spec, "when", path)]
+    return Rule(tuple(sources), tuple(operations), tuple(conditions))
 
 
 ACTIONS = ("ALLOW", "DENY")
@@ -332,18 +428,15 @@ def compile_authz(policies: Iterable[Policy]) -> Authz:
         return NO_AUTHZ
     deny: list[CompiledPolicy] = []
     allow: list[CompiledPolicy] = []
-    needs_headers = False
+    reads = _Reads(set())
     for index, policy in sorted(indexed, key=lambda t: (t[1].namespace, t[1].name)):
         path = f"policies[{index}].spec"
         action = _get(policy.spec, "action", str, path, "ALLOW")
         if action not in ACTIONS:
             raise PolicyRejected(f"{path}.action", f"{action!r} is not one of {', '.join(ACTIONS)}")
-        rules = []
-        for rule_path, spec in _dicts(policy.spec, "rules", path):
-            rule, reads_headers = _rule(spec, rule_path)
-            rules.append(rule)
-            needs_headers = needs_headers or reads_headers
+        rules = [_rule(spec, rule_path, reads) for rule_path, spec in _dicts(policy.spec, "rules", path)]
         compiled = CompiledPolicy(policy.namespace, policy.name, action, tuple(rules))
         (deny if action == "DENY" else allow).append(compiled)
     message = _no_allow_message(allow) if allow else ""
-    return Authz(tuple(deny), tuple(allow), needs_headers, message)
+    headers = frozenset(reads.headers)
+    return Authz(tuple(deny), tuple(allow), bool(headers), message, headers, reads.auth)

@@ -10,6 +10,7 @@ from sidecar.h2.hpack_codec import Header
 
 if TYPE_CHECKING:
     from sidecar.clusters import ClusterState
+    from sidecar.jwt_authn import RequestAuth
     from sidecar.pool import UpstreamPool
     from sidecar.traffic import RoutePolicy
 
@@ -25,6 +26,7 @@ class CallHead:
     deadline: float | None  # absolute, on the sidecar's clock
     service: str = ""  # the destination service, once a filter has resolved it
     subset: str | None = None  # its DestinationRule subset, when a route names one
+    auth: RequestAuth | None = None  # the caller's validated JWT (inbound, RequestAuthentication)
     attributes: dict[str, object] = field(default_factory=dict)
     # Set by the Routes filter from the matching route:
     policy: RoutePolicy | None = None  # timeout, retries

@@ -15,8 +15,11 @@ from sidecar.clusters import ClusterStates
 from sidecar.config import SidecarConfig
 from sidecar.filters.authorization import Authorization, AuthorizationConfig
 from sidecar.filters.rate_limit import RateLimit, RateLimitConfig
+from sidecar.filters.request_authentication import RequestAuthentication, RequestAuthenticationConfig
 from sidecar.filters.router import Router
 from sidecar.filters.routes import Routes, RoutesConfig
+from sidecar.jwks import JwksStore
+from sidecar.jwt_authn import NO_JWT_AUTHN, JwtAuthn
 from sidecar.pool import Pools
 from sidecar.ratelimit import NO_LIMITS, RateLimiter, RateLimits
 from sidecar.stats import Stats
@@ -50,13 +53,19 @@ def build_inbound(
     stats: Stats | None = None,
     limits: RateLimits = NO_LIMITS,
     limiter: RateLimiter | None = None,
+    jwt: JwtAuthn = NO_JWT_AUTHN,
+    jwks: JwksStore | None = None,
 ) -> Handler:
     assert config.app is not None
+    stats = stats if stats is not None else Stats()
     handler: Handler = LocalApp(config.service, config.app, pools)
     if not limits.empty:  # no RateLimitPolicy: no limit
         if limiter is None:
-            limiter = RateLimiter(stats if stats is not None else Stats())
+            limiter = RateLimiter(stats)
         handler = RateLimit(handler, RateLimitConfig(limits, limiter))
-    if not authz.empty:  # no AuthorizationPolicy: every caller the mTLS handshake let in
-        handler = Authorization(handler, AuthorizationConfig(authz, stats if stats is not None else Stats()))
+    if not authz.empty:  # no AuthorizationPolicy: every caller the listener let in
+        handler = Authorization(handler, AuthorizationConfig(authz, stats))
+    if not jwt.empty:  # no RequestAuthentication: tokens are not looked at
+        jwks = jwks if jwks is not None else JwksStore()
+        handler = RequestAuthentication(handler, RequestAuthenticationConfig(jwt, jwks, stats))
     return handler

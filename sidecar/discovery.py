@@ -48,6 +48,8 @@ from control_plane.spiffe import spiffe_id_of
 from sidecar import wire_checks
 from sidecar.authz import NO_AUTHZ, Authz, compile_authz
 from sidecar.config import Address, Endpoint, Policy, ServiceEntry, SidecarConfig
+from sidecar.jwt_authn import NO_JWT_AUTHN, JwtAuthn, compile_jwt_authn
+from sidecar.peer_authentication import DEFAULT_PEER_AUTHN, PeerAuthn, compile_peer_authentication
 from sidecar.ratelimit import NO_LIMITS, RateLimits, compile_ratelimits
 from sidecar.traffic import NO_TRAFFIC, PolicyRejected, Traffic, compile_traffic
 from sidecar.wire_checks import CheckFailed
@@ -82,6 +84,10 @@ class Discovered:
     authz: Authz = NO_AUTHZ
     # the RateLimitPolicies among `policies`, compiled (sidecar.ratelimit)
     ratelimits: RateLimits = NO_LIMITS
+    # the PeerAuthentication in force (sidecar.peer_authentication)
+    peer_authn: PeerAuthn = DEFAULT_PEER_AUTHN
+    # the RequestAuthentications among `policies`, compiled (sidecar.jwt_authn)
+    jwt_authn: JwtAuthn = NO_JWT_AUTHN
 
 
 # ---------------------------------------------------------------------------- from_proto
@@ -172,6 +178,8 @@ def _from_proto(snapshot: discovery_pb2.Snapshot) -> Discovered:
     traffic = compile_traffic(policies, services)  # PolicyRejected: a route the sidecar cannot use
     authz = compile_authz(policies)  # PolicyRejected: a rule the sidecar cannot use
     ratelimits = compile_ratelimits(policies)  # PolicyRejected: a limit the sidecar cannot use
+    peer_authn = compile_peer_authentication(policies)  # PolicyRejected: an unknown mode
+    jwt_authn = compile_jwt_authn(policies)  # PolicyRejected: a JWT rule the sidecar cannot use
     return Discovered(
         snapshot.version,
         snapshot.store_revision,
@@ -181,6 +189,8 @@ def _from_proto(snapshot: discovery_pb2.Snapshot) -> Discovered:
         traffic,
         authz,
         ratelimits,
+        peer_authn,
+        jwt_authn,
     )
 
 

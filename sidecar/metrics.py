@@ -203,7 +203,8 @@ class CallMetrics(Collector):
             "grpc",
             "200" if responded else "0",
             _STATUSES.get(status, UNKNOWN),
-            _SECURITY.get(direction, UNKNOWN),
+            # A PERMISSIVE listener's plaintext callers have no peer identity.
+            "none" if inbound and peer is None else _SECURITY.get(direction, UNKNOWN),
         )
         series = self._series.get(labels)
         if series is None:

@@ -741,15 +741,18 @@ def _pushback_header(headers: HeaderList) -> bytes | None:
 
 
 class _MutualTlsConnection(H2Connection):
-    """An inbound connection: h2 must have been negotiated, and the peer's SPIFFE ID is kept."""
+    """An inbound connection. Over TLS, h2 must have been negotiated, and the peer's SPIFFE ID is
+    kept; a plaintext one (sidecar.listener admits those only under PeerAuthentication
+    PERMISSIVE) has no peer identity."""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         ssl_object = transport.get_extra_info("ssl_object")
-        if not tls.negotiated_h2(ssl_object):
-            log.info("inbound connection without ALPN h2 refused")
-            transport.close()
-            return
-        self.peer_identity = tls.peer_spiffe_id(ssl_object)
+        if ssl_object is not None:
+            if not tls.negotiated_h2(ssl_object):
+                log.info("inbound connection without ALPN h2 refused")
+                transport.close()
+                return
+            self.peer_identity = tls.peer_spiffe_id(ssl_object)
         super().connection_made(transport)
 
 

@@ -15,8 +15,10 @@ spec:
         paths: [/demo.v1.Orders/GetOrder, /demo.v1.Orders/*]   # gRPC methods, or *
         # notPaths; methods: [POST] (every gRPC call is a POST)
     when:
-    - key: request.headers[x-tenant]        # or request.auth.claims[...], source.principal,
-      values: [acme]                        # source.namespace; values and/or notValues
+    - key: request.headers[x-tenant]        # or request.auth.claims[...], request.auth.principal,
+      values: [acme]                        # request.auth.audiences, request.auth.presenter,
+                                            # source.principal, source.namespace;
+                                            # values and/or notValues
 ```
 
 Semantics (enforced by the sidecar): a DENY match denies; with no ALLOW policy a call is allowed;
@@ -42,9 +44,11 @@ from control_plane.policy.fields import (
 
 ACTIONS = ("ALLOW", "DENY")
 
+AUTH_KEYS = ("request.auth.principal", "request.auth.audiences", "request.auth.presenter")
 CONDITION_KEYS = (
     "request.headers[<name>]",
     "request.auth.claims[<claim>]",
+    *AUTH_KEYS,
     "source.principal",
     "source.namespace",
 )
@@ -85,7 +89,7 @@ def _http_method(value: object, path: str) -> str:
 
 def _condition_key(value: object, path: str) -> str:
     text = string(value, path)
-    if text in ("source.principal", "source.namespace") or _CLAIM_KEY.fullmatch(text):
+    if text in ("source.principal", "source.namespace", *AUTH_KEYS) or _CLAIM_KEY.fullmatch(text):
         return text
     header = _HEADER_KEY.fullmatch(text)
     if header:

@@ -4,11 +4,15 @@ A denied call raises PermissionDenied (PERMISSION_DENIED) with a message naming 
 (`RBAC: denied by AuthorizationPolicy default/deny-orders`, or `RBAC: denied: no ALLOW policy
 matched (AuthorizationPolicy default/allow-orders)`); it is never forwarded to the app, and is
 counted as `inbound.authz_denied`. The decision is `sidecar.authz.Authz.check`, compiled per
-snapshot; per call: the caller's SPIFFE ID parsed (cached per peer), the policies' matchers.
+snapshot. Decisions are cached per snapshot by everything the policies read of a call
+(`Authz.key`: caller, method, and the header values and validated JWT when rules read them), so
+steady traffic costs a tuple and a dict lookup per call; a new (caller, method) pair runs the
+matchers once. The cache is bounded (cleared when full).
 """
 
 from __future__ import annotations
 
+from collections.abc import Hashable
 from dataclasses import dataclass
 
 from sidecar.authz import Authz, Peer, peer_of
@@ -17,6 +21,8 @@ from sidecar.errors import PermissionDenied
 from sidecar.stats import Stats
 
 _PEER_CACHE_LIMIT = 1024
+_DECISION_CACHE_LIMIT = 4096
+_UNDECIDED = object()
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,15 +37,25 @@ class Authorization:
         self.authz = config.authz
         self.stats = config.stats
         self._peers: dict[str | None, Peer] = {}
+        self._decisions: dict[Hashable, str | None] = {}
 
     def __call__(self, head: CallHead) -> Target:
+        key = self.authz.key(head)
+        denied = self._decisions.get(key, _UNDECIDED)
+        if denied is _UNDECIDED:
+            denied = self._decide(head)
+            if len(self._decisions) >= _DECISION_CACHE_LIMIT:
+                self._decisions.clear()
+            self._decisions[key] = denied
+        if denied is not None:
+            self.stats.incr("inbound.authz_denied")
+            raise PermissionDenied(str(denied))
+        return self.inner(head)
+
+    def _decide(self, head: CallHead) -> str | None:
         peer = self._peers.get(head.peer)
         if peer is None:
             if len(self._peers) >= _PEER_CACHE_LIMIT:
                 self._peers.clear()
             peer = self._peers[head.peer] = peer_of(head.peer)
-        denied = self.authz.check(head, peer)
-        if denied is not None:
-            self.stats.incr("inbound.authz_denied")
-            raise PermissionDenied(denied)
-        return self.inner(head)
+        return self.authz.check(head, peer)

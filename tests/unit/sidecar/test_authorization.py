@@ -185,7 +185,7 @@ def test_when_source_principal_and_namespace() -> None:
     assert allows(by_namespace, peer=BILLING) and not allows(by_namespace, peer=ORDERS)
 
 
-def test_without_jwt_validation_claims_values_never_match_and_not_values_always_do() -> None:
+def test_without_a_token_claims_values_never_match_and_not_values_always_do() -> None:
     claims = [policy("p", when("request.auth.claims[groups]", ["admins"]))]
     assert not allows(claims, headers={"authorization": "Bearer x"})
     not_claims = [policy("p", when("request.auth.claims[iss]", not_values=["evil"]))]
@@ -355,3 +355,27 @@ def test_from_proto_compiles_the_policies_and_nacks_a_malformed_one_naming_the_f
         SnapshotRejected, match=r"policies\[1\]\.spec\.rules\[0\]\.from\[0\]\.source\.principals\[0\]"
     ):
         from_proto(bad)
+
+
+def test_the_filter_caches_decisions_by_everything_the_rules_read() -> None:
+    app = App()
+    stats = Stats()
+    rule = source(principals=[ORDERS]) | when("request.headers[x-tenant]", ["acme"])
+    policies = [policy("acme-orders", rule)]
+    authz = compile_authz(policies)
+    assert authz.header_names == {b"x-tenant"} and not authz.reads_auth
+    handler = Authorization(app, AuthorizationConfig(authz, stats))
+    for _ in range(2):  # the second round is answered from the cache: the same decisions
+        with pytest.raises(LookupError):
+            handler(head(peer=ORDERS, headers={"x-tenant": "acme", "x-request-id": "1"}))
+        with pytest.raises(PermissionDenied):
+            handler(head(peer=ORDERS, headers={"x-tenant": "other"}))
+        with pytest.raises(PermissionDenied):
+            handler(head(peer=WEB, headers={"x-tenant": "acme"}))
+        with pytest.raises(PermissionDenied):
+            handler(head(peer=ORDERS))  # no x-tenant
+    assert stats.counters == {"inbound.authz_denied": 6}
+    # Headers no rule reads do not split the cache.
+    assert authz.key(head(headers={"x-tenant": "acme", "x-request-id": "1"})) == authz.key(
+        head(headers={"x-tenant": "acme", "x-request-id": "2"})
+    )
