@@ -7,99 +7,26 @@ client sidecar's /clusters and /metrics show what happened."""
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass
-from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import grpc
 import pytest
-import yaml
 
-from control_plane.ca import CertificateAuthority
-from meshctl import procs
+from tests.support.chaos_mesh import TIMEOUT, ChaosMesh, running_chaos_mesh
 from tests.support.clients import ECHO, channel, control
-from tests.support.control_plane_mesh import (
-    TRUST_DOMAIN,
-    ControlPlaneProcess,
-    RunningSidecar,
-    SidecarSpec,
-    check_exit_codes,
-    logs_note,
-    start_sidecars,
-    wait_all_ready,
-)
-from tests.support.mesh import http_get, wait_for
+from tests.support.mesh import wait_for
 
-TIMEOUT = 30.0
 INTERVAL = 1.0  # outlierDetection.interval, seconds
 ECHOES = 3
 
 
-@dataclass
-class ChaosMesh:
-    root: Path
-    control_plane: ControlPlaneProcess
-    echoes: list[RunningSidecar]
-    client: RunningSidecar
-
-    def apply(self, traffic_policy: dict[str, Any]) -> None:
-        rule = {
-            "apiVersion": "networking.istio.io/v1",
-            "kind": "DestinationRule",
-            "metadata": {"name": "echo"},
-            "spec": {"host": "echo", "trafficPolicy": traffic_policy},
-        }
-        path = self.root / "rule.yaml"
-        path.write_text(yaml.safe_dump(rule, sort_keys=False))
-        self.control_plane.ok("apply", "-f", str(path), "--wait", "--timeout", "30s")
-
-    def fault(self, echo: RunningSidecar, **spec: int | bool) -> None:
-        """Tell one echo server (directly, not through the mesh) to be slow or to fail."""
-        assert echo.app is not None
-        with grpc.insecure_channel(str(echo.app.ready["address"])) as ch:
-            ch.unary_unary(ECHO + "Fault")(control(spec), timeout=5)
-
-    def clusters(self) -> dict[str, Any]:
-        status, body = http_get(self.client.admin, "/clusters")
-        assert status == 200, body
-        clusters: dict[str, Any] = json.loads(body)
-        return clusters
-
-    def metrics(self) -> str:
-        status, body = http_get(self.client.admin, "/metrics")
-        assert status == 200, body
-        return body.decode()
-
-
 @pytest.fixture(scope="module")
 def chaos(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ChaosMesh]:
-    root = tmp_path_factory.mktemp("chaos")
-    ca = CertificateAuthority.create(TRUST_DOMAIN, now=datetime.now(UTC))
-    specs = [SidecarSpec("echo", app_kind="echo") for _ in range(ECHOES)]
-    specs.append(SidecarSpec("client", dependencies=["echo"]))
-    with procs.ProcessGroup(grace=10.0, log_dir=root / "logs") as group:
-        try:
-            control_plane = ControlPlaneProcess(group, root)
-            control_plane.start(warmup_ms=0)
-            sidecars = start_sidecars(group, root, ca, control_plane.grpc, specs, timeout=TIMEOUT)
-            wait_all_ready(sidecars, TIMEOUT)
-            mesh = ChaosMesh(root, control_plane, sidecars[:ECHOES], sidecars[ECHOES])
-
-            def all_known() -> bool:
-                services = mesh.client.config_dump()["config"]["services"]
-                return len(services.get("echo", {}).get("endpoints", [])) == ECHOES
-
-            wait_for(all_known, TIMEOUT, "the client sidecar to know every echo endpoint")
-            yield mesh
-        except BaseException as exc:
-            exc.add_note(logs_note(root))
-            raise
-        check_exit_codes(group.stop_all())
+    with running_chaos_mesh(tmp_path_factory.mktemp("chaos"), ECHOES) as mesh:
+        yield mesh
 
 
 def unary(ch: Any, timeout: float) -> grpc.StatusCode:
