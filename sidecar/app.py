@@ -34,6 +34,7 @@ from sidecar.ratelimit import NO_LIMITS, RateLimitCollector, RateLimiter, RateLi
 from sidecar.relay import Relay
 from sidecar.retry import Destinations
 from sidecar.stats import Stats
+from sidecar.tracing import Tracer, tracer_from_env
 from sidecar.traffic import NO_TRAFFIC, Traffic
 
 if TYPE_CHECKING:
@@ -87,8 +88,11 @@ class Sidecar:
         node_id: str | None = None,
         backoff: Backoff | None = None,
         rand: random.Random | None = None,
+        tracer: Tracer | None = None,
     ) -> None:
         self.config = config
+        # OpenTelemetry, as the OTEL_* variables say (TracingConfigError when they are unusable)
+        self.tracer = tracer if tracer is not None else tracer_from_env(config.service)
         self.random = rand if rand is not None else random.Random()
         self.stats = Stats()
         self.limits = Limits(
@@ -257,6 +261,7 @@ class Sidecar:
                 source=cfg.service,
                 destinations=Destinations(cfg.retries),
                 rand=self.random,
+                tracer=self.tracer,
             )
             server = await loop.create_server(
                 relay.protocol, cfg.outbound.host, cfg.outbound.port, reuse_address=True
@@ -273,6 +278,7 @@ class Sidecar:
                 secure=True,
                 metrics=self.metrics.calls,
                 access_log=self.access_log,
+                tracer=self.tracer,
             )
             server_ssl = self._server_ssl
             assert server_ssl is not None  # the config requires tls with an inbound listener
@@ -369,6 +375,8 @@ class Sidecar:
             await self._admin_grpc.stop(None)
         if self.access_log is not None:
             self.access_log.close()
+        if self.tracer is not None:
+            await self.tracer.shutdown()
 
     def admin_views(self) -> AdminViews:
         """What the admin HTTP port and the gRPC admin service show."""
