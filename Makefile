@@ -60,3 +60,9 @@ bench-control-plane: venv
 .PHONY: bench-authz
 bench-authz: venv
 	$(PY) -m bench.authz
+
+# Relay CPU per call with metrics, access log and tracing (1%) on vs off (bench/README.md).
+# Writes bench/results/observability.md. Not part of `make test`.
+.PHONY: bench-observability
+bench-observability: venv tools
+	$(PY) -m bench.observability

@@ -881,9 +881,14 @@ class Relay:
             self.metrics.record(
                 self.direction, head.service, "", head.peer, code, 0.0, stream.received, 0, True
             )
+        trace = None
+        if self.tracer is not None:  # a refused call is a span too (status set, no upstream)
+            trace = self.tracer.start(parsed.forward, parsed.path, self.direction)
+            if trace is not None:
+                trace.end(code)
         if self.access_log is not None:
             self.access_log.record(
-                head.headers,
+                head.headers if trace is None else trace.headers,
                 self.direction,
                 self.source if head.peer is None else head.peer,
                 head.service,

@@ -158,6 +158,24 @@ def test_a_call_without_context_starts_a_trace_at_the_outbound_sidecar(traced: T
     wait_for(lambda: trace_id in _log_trace_ids(traced, "users"), 10, "the users access log line")
 
 
+def test_a_call_the_sidecar_refuses_is_a_client_span_with_its_status(traced: Traced) -> None:
+    trace = "4bf92f3577b34da6a3ce929d0e0e4736"
+    with channel(traced.mesh.outbound, "nosuch") as ch, pytest.raises(grpc.RpcError) as info:
+        ch.unary_unary("/nosuch.v1.Nothing/Call")(
+            b"", timeout=10, metadata=[("traceparent", f"00-{trace}-{CALLER_SPAN}-01")]
+        )
+    code = info.value.code().value[0]
+    wait_for(lambda: len(traced.receiver.trace(trace)) >= 1, 15, "the refused call's span")
+    [span] = traced.receiver.trace(trace)
+    assert (span.service, span.kind, span.parent_span_id) == (
+        CLIENT,
+        trace_pb2.Span.SPAN_KIND_CLIENT,
+        CALLER_SPAN,
+    )
+    assert span.attributes["rpc.grpc.status_code"] == code != 0
+    assert span.status_code == trace_pb2.Status.STATUS_CODE_ERROR
+
+
 def test_calls_succeed_with_the_collector_gone(traced: Traced) -> None:
     traced.server.stop(None).wait()
     with channel(traced.mesh.outbound, "users") as ch:
