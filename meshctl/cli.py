@@ -21,7 +21,8 @@ from meshctl import (
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="meshctl",
-        description="grpc-mesh: run sidecars and the example mesh, manage certificates.",
+        description="grpc-mesh: run sidecars, the control plane and the example mesh; roll out policy; "
+        "watch traffic (stat, top); manage certificates and tokens.",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for module in (
