@@ -66,3 +66,9 @@ bench-authz: venv
 .PHONY: bench-resilience
 bench-resilience: venv
 	$(PY) -m bench.resilience
+
+# Relay CPU per call with metrics, access log and tracing (1%) on vs off (bench/README.md).
+# Writes bench/results/observability.md. Not part of `make test`.
+.PHONY: bench-observability
+bench-observability: venv tools
+	$(PY) -m bench.observability

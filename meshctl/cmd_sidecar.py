@@ -18,7 +18,8 @@ def register(sub: Any) -> None:
         "sidecar",
         help="run a sidecar (static config, or config pushed by a control plane)",
         description="Run a sidecar: an mTLS inbound listener in front of the local app, a plaintext "
-        "loopback outbound listener for the app's calls, and an admin HTTP port. With control_plane: "
+        "loopback outbound listener for the app's calls, an admin HTTP port and the gRPC admin service "
+        "(mesh.v1.SidecarAdmin, with reflection; listeners.admin_grpc). With control_plane: "
         "in the config, the services it calls and its policies come from the control plane.",
     )
     parser.add_argument("--config", required=True, type=Path, help="sidecar config (YAML)")

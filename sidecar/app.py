@@ -15,6 +15,7 @@ from aiohttp import web
 
 from sidecar import tls
 from sidecar.access_log import AccessLog
+from sidecar.admin import AdminViews, build_admin_app
 from sidecar.authz import NO_AUTHZ, Authz
 from sidecar.call import Handler
 from sidecar.certs import CertInfo
@@ -34,6 +35,7 @@ from sidecar.ratelimit import NO_LIMITS, RateLimitCollector, RateLimiter, RateLi
 from sidecar.relay import Relay
 from sidecar.retry import Destinations
 from sidecar.stats import Stats
+from sidecar.tracing import Tracer, tracer_from_env
 from sidecar.traffic import NO_TRAFFIC, Traffic
 
 if TYPE_CHECKING:
@@ -87,8 +89,11 @@ class Sidecar:
         node_id: str | None = None,
         backoff: Backoff | None = None,
         rand: random.Random | None = None,
+        tracer: Tracer | None = None,
     ) -> None:
         self.config = config
+        # OpenTelemetry, as the OTEL_* variables say (TracingConfigError when they are unusable)
+        self.tracer = tracer if tracer is not None else tracer_from_env(config.service)
         self.random = rand if rand is not None else random.Random()
         self.stats = Stats()
         self.limits = Limits(
@@ -138,6 +143,7 @@ class Sidecar:
         self._servers: list[asyncio.Server | InboundListener] = []
         self._relays: list[Relay] = []
         self._admin: web.AppRunner | None = None
+        self._admin_grpc: Any = None  # the grpc.aio server of the gRPC admin service
         self.addresses: dict[str, str] = {}
         self.draining = False
         self.listening = False
@@ -262,6 +268,7 @@ class Sidecar:
                 source=cfg.service,
                 destinations=Destinations(cfg.retries),
                 rand=self.random,
+                tracer=self.tracer,
             )
             server = await loop.create_server(
                 relay.protocol, cfg.outbound.host, cfg.outbound.port, reuse_address=True
@@ -278,6 +285,7 @@ class Sidecar:
                 secure=True,
                 metrics=self.metrics.calls,
                 access_log=self.access_log,
+                tracer=self.tracer,
             )
             listener = InboundListener(
                 relay.protocol,
@@ -287,12 +295,16 @@ class Sidecar:
             )
             await listener.start(cfg.inbound.host, cfg.inbound.port)
             self._add(relay, listener, "inbound")
-        app = build_admin_app_for(self)
-        self._admin = web.AppRunner(app, access_log=None)
+        views = self.admin_views()
+        self._admin = web.AppRunner(build_admin_app(views), access_log=None)
         await self._admin.setup()
         site = web.TCPSite(self._admin, cfg.admin.host, cfg.admin.port, reuse_address=True)
         await site.start()
         self.addresses["admin"] = _bound(site._server)
+        if cfg.admin_grpc is not None:
+            from sidecar.admin_grpc import start_admin_server
+
+            self._admin_grpc, self.addresses["admin_grpc"] = await start_admin_server(views, cfg.admin_grpc)
         self.listening = True
         if cfg.control_plane is not None:
             self._start_discovery(cfg.control_plane)
@@ -364,8 +376,24 @@ class Sidecar:
             await server.wait_closed()
         if self._admin is not None:
             await self._admin.cleanup()
+        if self._admin_grpc is not None:
+            await self._admin_grpc.stop(None)
         if self.access_log is not None:
             self.access_log.close()
+        if self.tracer is not None:
+            await self.tracer.shutdown()
+
+    def admin_views(self) -> AdminViews:
+        """What the admin HTTP port and the gRPC admin service show."""
+        return AdminViews(
+            is_ready=lambda: self.ready,
+            config_dump=self.config_dump,
+            stats=self.stats.as_json,
+            metrics=self.metrics.exposition,
+            clusters=self.clusters,
+            destinations=self.cluster_states.as_json,
+            certs=self.certs.as_json if self.certs is not None else None,
+        )
 
     def clusters(self) -> list[dict[str, object]]:
         """Every upstream pool: its address, the services it serves in the snapshot in force
@@ -434,17 +462,3 @@ def _plaintext(conn: H2Connection) -> bool:
 def _bound(server: Any) -> str:
     host, port = server.sockets[0].getsockname()[:2]
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
-def build_admin_app_for(sidecar: Sidecar) -> web.Application:
-    from sidecar.admin import build_admin_app
-
-    return build_admin_app(
-        is_ready=lambda: sidecar.ready,
-        config_dump=sidecar.config_dump,
-        stats=sidecar.stats,
-        metrics=sidecar.metrics.exposition,
-        clusters=sidecar.clusters,
-        destinations=sidecar.cluster_states.as_json,
-        certs=sidecar.certs.as_json if sidecar.certs is not None else None,
-    )

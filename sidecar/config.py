@@ -122,6 +122,9 @@ class SidecarConfig:
     rate_limits: RateLimitSettings = field(default_factory=RateLimitSettings)
     # `retry_budget`, `retry_throttling`, `retry_buffer_bytes`
     retries: RetryLimits = field(default_factory=RetryLimits)
+    # The gRPC admin service (sidecar.admin_grpc); None: off. Default: the admin host at the admin
+    # port + ADMIN_GRPC_OFFSET (port 0 when the admin port is 0).
+    admin_grpc: Address | None = None
 
 
 _TOP_FIELDS = {
@@ -292,6 +295,29 @@ def _rate_limits(value: object, namespace: str, static: bool) -> RateLimitSettin
     )
 
 
+# Where the gRPC admin service listens unless told: the admin port + 4, so 15000 → 15004 (Istio's
+# debug port), clear of the outbound (15001) and inbound (15006) ports of the usual layout.
+ADMIN_GRPC_OFFSET = 4
+
+
+def _admin_grpc(value: object, admin: Address, others: tuple[Address | None, ...]) -> Address | None:
+    """`listeners.admin_grpc`: host:port, false (off), or absent: the admin port + 4."""
+    if value is False:
+        return None
+    if value is not True:
+        return Address.parse(value, "listeners.admin_grpc")
+    if admin.port == 0:
+        return Address(admin.host, 0)
+    port = admin.port + ADMIN_GRPC_OFFSET
+    if port > 65535 or any(other is not None and other.port == port for other in others):
+        raise ConfigError(
+            "listeners.admin_grpc",
+            f"the default (admin port + {ADMIN_GRPC_OFFSET} = {port}) is not free among this "
+            "sidecar's listeners: set it (host:port), or false to turn it off",
+        )
+    return Address(admin.host, port)
+
+
 def parse_config(raw: object, base_dir: Path = Path()) -> SidecarConfig:
     top = _mapping(raw, "config")
     _known(top, _TOP_FIELDS, "")
@@ -300,7 +326,7 @@ def parse_config(raw: object, base_dir: Path = Path()) -> SidecarConfig:
     service = _name(top["service"], "service")
     namespace = _name(top.get("namespace", "default"), "namespace")
     listeners = _mapping(top.get("listeners"), "listeners")
-    _known(listeners, {"outbound", "inbound", "admin"}, "listeners")
+    _known(listeners, {"outbound", "inbound", "admin", "admin_grpc"}, "listeners")
     outbound = inbound = None
     if "outbound" in listeners:
         outbound = Address.parse(listeners["outbound"], "listeners.outbound")
@@ -308,6 +334,7 @@ def parse_config(raw: object, base_dir: Path = Path()) -> SidecarConfig:
     if "inbound" in listeners:
         inbound = Address.parse(listeners["inbound"], "listeners.inbound")
     admin = Address.parse(listeners.get("admin", "127.0.0.1:15000"), "listeners.admin")
+    admin_grpc = _admin_grpc(listeners.get("admin_grpc", True), admin, (outbound, inbound))
     app = Address.parse(top["app"], "app") if top.get("app") is not None else None
     if inbound is not None and app is None:
         raise ConfigError("app", "required when listeners.inbound is set (where inbound calls go)")
@@ -379,6 +406,7 @@ def parse_config(raw: object, base_dir: Path = Path()) -> SidecarConfig:
         access_log=_access_log(top.get("access_log"), base_dir),
         rate_limits=_rate_limits(top.get("rate_limits"), namespace, control_plane is None),
         retries=_retry_limits(top),
+        admin_grpc=admin_grpc,
     )
 
 

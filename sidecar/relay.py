@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from sidecar.access_log import AccessLog
     from sidecar.metrics import CallMetrics
     from sidecar.pool import UpstreamPool
+    from sidecar.tracing import CallTrace, Tracer
 
 log = logging.getLogger(__name__)
 
@@ -251,6 +252,7 @@ class ProxyCall:
         "service",
         "start",
         "timer",
+        "trace",
         "transparent",
         "tried",
         "up",
@@ -309,6 +311,7 @@ class ProxyCall:
         if self.dest is not None:
             self.dest.active += 1
         self.mirror: MirrorCall | None = None
+        self.trace: CallTrace | None = None  # set by the relay when it traces calls
         down.handler = self
         down.peer = self.up
         self.up.peer = down
@@ -347,7 +350,7 @@ class ProxyCall:
             (b":path", self.path, False),
             (b":authority", self.authority, False),
         ]
-        headers += self.forward
+        headers += self.forward if self.trace is None else self.trace.headers
         if self.attempt > 1:
             headers.append((b"grpc-previous-rpc-attempts", str(self.attempt - 1).encode(), False))
         timeout = None
@@ -686,6 +689,8 @@ class ProxyCall:
             mirror.cancel()  # the copy would never see the end of its request
         if self.report is not None:
             self.report(status)
+        if self.trace is not None:
+            self.trace.end(status)
         dest = self.dest
         if dest is not None:
             dest.active -= 1
@@ -718,7 +723,7 @@ class ProxyCall:
         if access_log is not None:
             pool = self.pool
             access_log.record(
-                self.forward,
+                self.forward if self.trace is None else self.trace.headers,  # with this hop's trace id
                 self.direction,
                 relay.source if self.peer is None else self.peer,
                 self.service,
@@ -773,8 +778,10 @@ class Relay:
         source: str = "",
         destinations: Destinations | None = None,
         rand: random.Random | None = None,
+        tracer: Tracer | None = None,
     ) -> None:
         self.direction = direction
+        self.tracer = tracer
         # Calls and retries in flight per destination (the retry budget); outbound only.
         self.destinations = destinations
         self.retry_limits = destinations.limits if destinations is not None else RetryLimits()
@@ -850,6 +857,8 @@ class Relay:
         else:
             version = metrics.version
         call = ProxyCall(self, stream, head, parsed, target, now, version, handler)
+        if self.tracer is not None:
+            call.trace = self.tracer.start(parsed.forward, parsed.path, self.direction)
         if deadline is not None:
             call.timer = (
                 self.loop.call_at(deadline, call.on_deadline)
@@ -872,9 +881,14 @@ class Relay:
             self.metrics.record(
                 self.direction, head.service, "", head.peer, code, 0.0, stream.received, 0, True
             )
+        trace = None
+        if self.tracer is not None:  # a refused call is a span too (status set, no upstream)
+            trace = self.tracer.start(parsed.forward, parsed.path, self.direction)
+            if trace is not None:
+                trace.end(code)
         if self.access_log is not None:
             self.access_log.record(
-                head.headers,
+                head.headers if trace is None else trace.headers,
                 self.direction,
                 self.source if head.peer is None else head.peer,
                 head.service,

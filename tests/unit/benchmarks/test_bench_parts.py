@@ -152,3 +152,19 @@ def test_table_shows_per_hop_only_for_rows_of_one_proxy_kind() -> None:
     samples = [_sample("2a", 1, 3000.0, {"sidecar A": 100.0, "nginx": 40.0})]
     text = report.table([report.summarize(mixed, samples)])
     assert "| sidecar A 100, nginx 40 | — |" in text
+
+
+def test_observability_report_shows_what_each_variant_adds_over_bare() -> None:
+    from bench import observability
+
+    pair = (Proxy("sidecar A", "sidecar", 1), Proxy("sidecar B", "sidecar", 2))
+    rows = [Row(key, key, "client → A → B → app", "127.0.0.1:1", pair) for key in ("bare", "metrics", "all")]
+    samples = [
+        _sample("bare", 1, 3000.0, {"sidecar A": 70.0, "sidecar B": 70.0}),
+        _sample("metrics", 1, 3000.0, {"sidecar A": 73.0, "sidecar B": 73.0}),
+        _sample("all", 1, 3000.0, {"sidecar A": 80.0, "sidecar B": 82.0}),
+    ]
+    text = observability.render("info", [report.summarize(r, samples) for r in rows], 40, 2000, 1000)
+    assert "| metrics: metrics | 3000 | 1.00 | 2.00 | 73.0 | 73.0 | 73.0 | +3.0 µs (+4.3%) |" in text
+    assert "adds **+15.7%** relay CPU per call per hop over bare (misses the goal ≤ 15%)" in text
+    assert "40 for 1000 calls" in text

@@ -77,6 +77,7 @@ def test_full_config_parses_into_typed_values(full: Raw, tls_dir: Path) -> None:
         outbound=Address("127.0.0.1", 15001),
         inbound=Address("0.0.0.0", 15006),
         admin=Address("127.0.0.1", 15000),
+        admin_grpc=Address("127.0.0.1", 15004),
         app=Address("127.0.0.1", 50051),
         tls=TlsFiles(tls_dir / "cert.pem", tls_dir / "key.pem", tls_dir / "ca.pem"),
         services={
@@ -118,6 +119,7 @@ def test_minimal_config_takes_the_defaults() -> None:
     assert config.outbound is None
     assert config.inbound is None
     assert config.admin == Address("127.0.0.1", 15000)
+    assert config.admin_grpc == Address("127.0.0.1", 15004)
     assert config.app is None
     assert config.tls is None
     assert config.services == {}
@@ -307,6 +309,16 @@ BAD = {
         "max_concurrent_streams",
         "integer",
     ),
+    "admin_grpc not an address": (
+        _set("listeners", "admin_grpc", value="15004"),
+        "listeners.admin_grpc",
+        "host:port",
+    ),
+    "admin_grpc default taken by inbound": (
+        _set("listeners", "inbound", value="0.0.0.0:15004"),
+        "listeners.admin_grpc",
+        "admin port + 4 = 15004",
+    ),
     "max_concurrent_streams a string": (
         _set("max_concurrent_streams", value="100"),
         "max_concurrent_streams",
@@ -328,6 +340,18 @@ def test_bad_config_names_the_field_and_says_why(
     assert caught.value.path == path
     assert why in caught.value.reason
     assert str(caught.value) == f"{path}: {caught.value.reason}"
+
+
+def test_admin_grpc_is_set_turned_off_or_follows_an_ephemeral_admin_port() -> None:
+    def admin_grpc(listeners: Raw) -> Address | None:
+        return parse_config({"service": "users", "listeners": listeners}).admin_grpc
+
+    assert admin_grpc({"admin_grpc": "0.0.0.0:9901"}) == Address("0.0.0.0", 9901)
+    assert admin_grpc({"admin_grpc": False}) is None
+    assert admin_grpc({"admin": "127.0.0.1:0"}) == Address("127.0.0.1", 0)
+    assert admin_grpc({"admin": "[::1]:15020"}) == Address("::1", 15024)
+    with pytest.raises(ConfigError, match="65538"):
+        admin_grpc({"admin": "127.0.0.1:65534"})
 
 
 @pytest.mark.parametrize("raw", [["service", "users"], "service: users", 42])
