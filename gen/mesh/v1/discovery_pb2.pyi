@@ -75,16 +75,20 @@ class StreamSnapshotsResponse(_message.Message):
     def __init__(self, snapshot: _Optional[_Union[Snapshot, _Mapping]] = ...) -> None: ...
 
 class Snapshot(_message.Message):
-    __slots__ = ("version", "store_revision", "services", "policies")
+    __slots__ = ("version", "store_revision", "services", "policies", "trust_roots", "signing_ca")
     VERSION_FIELD_NUMBER: _ClassVar[int]
     STORE_REVISION_FIELD_NUMBER: _ClassVar[int]
     SERVICES_FIELD_NUMBER: _ClassVar[int]
     POLICIES_FIELD_NUMBER: _ClassVar[int]
+    TRUST_ROOTS_FIELD_NUMBER: _ClassVar[int]
+    SIGNING_CA_FIELD_NUMBER: _ClassVar[int]
     version: str
     store_revision: int
     services: _containers.RepeatedCompositeFieldContainer[Service]
     policies: _containers.RepeatedCompositeFieldContainer[_resources_pb2.Resource]
-    def __init__(self, version: _Optional[str] = ..., store_revision: _Optional[int] = ..., services: _Optional[_Iterable[_Union[Service, _Mapping]]] = ..., policies: _Optional[_Iterable[_Union[_resources_pb2.Resource, _Mapping]]] = ...) -> None: ...
+    trust_roots: _containers.RepeatedScalarFieldContainer[str]
+    signing_ca: str
+    def __init__(self, version: _Optional[str] = ..., store_revision: _Optional[int] = ..., services: _Optional[_Iterable[_Union[Service, _Mapping]]] = ..., policies: _Optional[_Iterable[_Union[_resources_pb2.Resource, _Mapping]]] = ..., trust_roots: _Optional[_Iterable[str]] = ..., signing_ca: _Optional[str] = ...) -> None: ...
 
 class Service(_message.Message):
     __slots__ = ("name", "namespace", "grpc_services", "endpoints")
