@@ -110,7 +110,7 @@ def test_service_mints_a_join_token_for_that_workload_only(
     token = capsys.readouterr().out.strip()
     verifier = TokenVerifier(key.public_key(), clock=lambda: NOW + timedelta(minutes=9))
     assert verify_join_token(verifier, f"Bearer {token}") == Workload("shop", "users")
-    with pytest.raises(Unauthenticated, match="Audience doesn.t match"):
+    with pytest.raises(Unauthenticated, match=r"Audience doesn.t match"):
         verifier.verify(token)  # never an API token
     late = TokenVerifier(key.public_key(), clock=lambda: NOW + timedelta(minutes=11))
     with pytest.raises(Unauthenticated, match="expired"):
