@@ -17,7 +17,7 @@ from datetime import datetime
 from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from control_plane.pki import signed_by
+from control_plane.pki import is_ca, signed_by
 from control_plane.spiffe import SpiffeId, uri_sans
 
 __all__ = ["InvalidSvid", "validate_svid"]
@@ -32,13 +32,6 @@ def _extension(cert: x509.Certificate, kind: type[x509.ExtensionType]) -> x509.E
         return cert.extensions.get_extension_for_class(kind)
     except x509.ExtensionNotFound:
         raise InvalidSvid(f"the certificate has no {kind.__name__} extension") from None
-
-
-def _is_ca(cert: x509.Certificate) -> bool:
-    try:
-        return bool(cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca)
-    except x509.ExtensionNotFound:
-        return False
 
 
 def _check_time(cert: x509.Certificate, now: datetime, what: str) -> None:
@@ -99,14 +92,14 @@ def validate_svid(
     _check_time(leaf, now, "the certificate")
     path = [c for c in chain if c not in roots] or [leaf]
     for child, parent in itertools.pairwise(path):
-        if not _is_ca(parent):
+        if not is_ca(parent):
             raise InvalidSvid(f"{parent.subject.rfc4514_string()!r} in the chain is not a CA")
         if not signed_by(child, parent):
             raise InvalidSvid("the chain is broken: a certificate is not signed by the one after it")
         _check_time(parent, now, f"intermediate {parent.subject.rfc4514_string()!r}")
     top = path[-1]
     for root in roots:
-        if signed_by(top, root) and _is_ca(root):
+        if signed_by(top, root) and is_ca(root):
             _check_time(root, now, f"root {root.subject.rfc4514_string()!r}")
             return identity
     raise InvalidSvid("the certificate does not chain to a trusted root")

@@ -14,7 +14,13 @@ from typing import Any
 
 from control_plane.ca import DEFAULT_LEAF_TTL
 from control_plane.discovery import DEFAULT_DEBOUNCE, DEFAULT_WARMUP
-from control_plane.server import DEFAULT_GRPC_LISTEN, DEFAULT_HTTP_LISTEN, ControlPlane, serve
+from control_plane.server import (
+    DEFAULT_CA_POLL,
+    DEFAULT_GRPC_LISTEN,
+    DEFAULT_HTTP_LISTEN,
+    ControlPlane,
+    serve,
+)
 from meshctl.cmd_token import parse_ttl
 
 
@@ -75,6 +81,12 @@ def register(sub: Any) -> None:
         default=DEFAULT_LEAF_TTL,
         help="lifetime of workload certificates, e.g. 24h, 30m, 60s (default: 24h; sidecars renew at half)",
     )
+    parser.add_argument(
+        "--ca-poll-ms",
+        type=_milliseconds,
+        default=round(DEFAULT_CA_POLL * 1000),
+        help="look for changes in the CA directory (a root rotation) this often (default: %(default)s)",
+    )
     parser.add_argument("--log-level", default="INFO", help="logging level (default: %(default)s)")
     parser.set_defaults(run=run)
 
@@ -92,6 +104,7 @@ def run(args: argparse.Namespace) -> int:
         ca_dir=args.ca_dir,
         trust_domain=args.trust_domain,
         cert_ttl=args.cert_ttl,
+        ca_poll=max(args.ca_poll_ms, 1) / 1000,
     )
     # The default asyncio loop, by choice: grpc.aio runs on uvloop too (the sidecar does that, see
     # docs/discovery.md), but the control plane's traffic is almost all grpc.aio, which measured a

@@ -6,7 +6,9 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import os
 import random
+import ssl
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -16,7 +18,7 @@ from sidecar import tls
 from sidecar.access_log import AccessLog
 from sidecar.authz import NO_AUTHZ, Authz
 from sidecar.call import Handler
-from sidecar.certs import CertInfo
+from sidecar.certs import CertInfo, IssuedCertInfo
 from sidecar.chain import build_inbound, build_outbound
 from sidecar.clusters import ClusterStates
 from sidecar.config import Address, Policy, SidecarConfig
@@ -38,6 +40,7 @@ from sidecar.traffic import NO_TRAFFIC, Traffic
 if TYPE_CHECKING:
     from sidecar.app_health import AppHealthWatcher
     from sidecar.discovery import Backoff, Discovered, DiscoveryClient
+    from sidecar.identity import WorkloadIdentity
 
 log = logging.getLogger(__name__)
 
@@ -93,11 +96,12 @@ class Sidecar:
         self.limits = Limits(
             max_concurrent_streams=config.max_concurrent_streams, max_message_bytes=config.max_message_bytes
         )
-        client_ssl = server_ssl = None
+        client_ssl = None
+        self._server_ssl: tls.SwappableServerContext | None = None
         if config.tls is not None:
             client_ssl = tls.client_context(config.tls.cert, config.tls.key, config.tls.ca)
             server_ssl = tls.server_context(config.tls.cert, config.tls.key, config.tls.ca)
-        self._server_ssl = server_ssl
+            self._server_ssl = tls.SwappableServerContext(server_ssl)
         self.pools = Pools(self.limits, client_ssl)
         # Outlier, breaker and connection-pool state per destination cluster, across snapshots.
         self.health_checkers = HealthCheckers(self.pools)
@@ -106,11 +110,21 @@ class Sidecar:
         self.jwks = JwksStore()  # the JWKS the RequestAuthentications name, kept fresh off the call path
         self.identity = ""
         self.node_id = node_id or ""
+        # With a join token, the certificate comes from the control plane's CA (at start()).
+        self.workload: WorkloadIdentity | None = None
         if config.control_plane is not None:
             from sidecar.discovery import default_node_id, identity_of
 
-            assert config.tls is not None  # the config requires it with a control plane
-            self.identity = identity_of(config.tls.cert)  # ValueError: no usable SPIFFE ID
+            if config.join_token is not None:
+                from sidecar.identity import WorkloadIdentity
+
+                token = config.join_token.read(os.environ)  # ConfigError: none there
+                self.workload = WorkloadIdentity(
+                    str(config.control_plane), token, self._rotate, rand=self.random
+                )
+            else:
+                assert config.tls is not None  # the config requires one or the other
+                self.identity = identity_of(config.tls.cert)  # ValueError: no usable SPIFFE ID
             self.node_id = node_id or default_node_id(config.service)
         self.limiter = _limiter(config, self.stats)  # its buckets outlive snapshots
         # Static mode starts on its file; with a control plane, on nothing until the first push.
@@ -125,14 +139,22 @@ class Sidecar:
             config_version=lambda: self.snapshot.version,
             services=lambda: self.snapshot.config.services,
             discovery=lambda: self.discovery,
-            cert=config.tls.cert if config.tls is not None else None,
             clusters=self.cluster_states,
+            cert=self.workload.not_after
+            if self.workload is not None
+            else config.tls.cert
+            if config.tls is not None
+            else None,
         )
         self.metrics.registry.register(RateLimitCollector(self.limiter))
         self.stats.sections["rate_limits"] = lambda: self.limiter.status(self.snapshot.ratelimits)
         self.app_health: AppHealthWatcher | None = None
         self.access_log = AccessLog(config.access_log) if config.access_log is not None else None
-        self.certs = CertInfo(config.tls.cert, config.tls.ca) if config.tls is not None else None
+        self.certs: CertInfo | IssuedCertInfo | None = None
+        if self.workload is not None:
+            self.certs = IssuedCertInfo(self.workload)
+        elif config.tls is not None:
+            self.certs = CertInfo(config.tls.cert, config.tls.ca)
         self._backoff = backoff
         self._servers: list[asyncio.Server | InboundListener] = []
         self._relays: list[Relay] = []
@@ -188,9 +210,20 @@ class Sidecar:
             jwt_authn,
         )
 
+    def _rotate(self, server_ssl: ssl.SSLContext, client_ssl: ssl.SSLContext) -> None:
+        """A new certificate or trust bundle from the CA: new connections, both ways, use it;
+        connections already open finish their calls (the outbound ones drain)."""
+        if self._server_ssl is None:
+            self._server_ssl = tls.SwappableServerContext(server_ssl)
+        else:
+            self._server_ssl.swap(server_ssl)
+        self.pools.renew(client_ssl)
+
     def apply(self, discovered: Discovered) -> None:
         """Swap in a pushed snapshot (already validated): new chains over the new services.
         Calls in flight keep the handler they started with."""
+        if self.workload is not None:
+            self.workload.set_trust(discovered.trust_roots, discovered.signing_ca)
         current = self.snapshot
         if (
             current.version
@@ -241,8 +274,14 @@ class Sidecar:
         return handler
 
     async def start(self) -> dict[str, str]:
+        """Listen (after getting the first certificate from the CA, with a join token) and
+        connect to the control plane. Raises OSError (cannot listen) or CertificateUnavailable."""
         loop = asyncio.get_running_loop()
         cfg = self.config
+        if self.workload is not None:
+            await self.workload.bootstrap()
+            self.identity = self.workload.spiffe_id
+            self.workload.start()
         if cfg.outbound is not None:
             relay = Relay(
                 "outbound",
@@ -273,10 +312,10 @@ class Sidecar:
                 access_log=self.access_log,
             )
             server_ssl = self._server_ssl
-            assert server_ssl is not None  # the config requires tls with an inbound listener
+            assert server_ssl is not None  # the config requires certificates with an inbound listener
             listener = InboundListener(
                 relay.protocol,
-                lambda: server_ssl,
+                lambda: server_ssl.current,  # each handshake: the certificate in force (rotation)
                 lambda: self.snapshot.peer_authn.plaintext_allowed,
                 self.stats,
             )
@@ -352,6 +391,8 @@ class Sidecar:
             self._cluster_timer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._cluster_timer
+        if self.workload is not None:
+            await self.workload.stop()
         await self.pools.close()
         await self.limiter.close()
         await self.jwks.close()

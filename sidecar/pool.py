@@ -146,6 +146,16 @@ class UpstreamPool:
         if self._waiting and not self._closed:
             self._drain_waiting()
 
+    def renew(self, ssl_context: ssl.SSLContext) -> None:
+        """A new certificate or trust bundle: new connections use `ssl_context`; the open ones
+        stop taking calls and drain (GOAWAY), so the calls on them finish where they are."""
+        self.ssl_context = ssl_context
+        old, self.connections = self.connections, []
+        for conn in old:
+            conn.drain()
+        if self._waiting and not self._closed:
+            self._drain_waiting()
+
     async def close(self) -> None:
         self._closed = True
         self._fail_waiting()
@@ -181,6 +191,13 @@ class Pools:
             task = asyncio.get_running_loop().create_task(pool.close())
             self._closing.add(task)
             task.add_done_callback(self._closing.discard)
+
+    def renew(self, client_ssl: ssl.SSLContext) -> None:
+        """Rotate the client certificate (or trust bundle) of every pool to other sidecars."""
+        self.client_ssl = client_ssl
+        for (_, secure), pool in self._pools.items():
+            if secure:
+                pool.renew(client_ssl)
 
     def all(self) -> list[UpstreamPool]:
         return list(self._pools.values())
