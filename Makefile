@@ -60,3 +60,8 @@ bench-control-plane: venv
 .PHONY: bench-authz
 bench-authz: venv
 	$(PY) -m bench.authz
+
+# CSRs signed per second by the control plane's CA (bench/README.md). Writes bench/results/ca.md.
+.PHONY: bench-ca
+bench-ca: venv
+	$(PY) -m bench.ca

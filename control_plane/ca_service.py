@@ -5,7 +5,7 @@ Who the caller is comes from its proof, never from the CSR:
 - first issuance: a join token (control_plane.join_tokens) in ``authorization: Bearer <jwt>``;
   the identity is the token's namespace and service in the CA's trust domain;
 - renewal: ``renewal`` holds the current certificate chain and a signature with its key over the
-  time and the new CSR (control_plane.renewal). The chain must be a valid SVID of this trust
+  time and the new CSR (control_plane.possession). The chain must be a valid SVID of this trust
   domain under a root in the trust bundle (old and new roots during a rotation); the identity is
   its SPIFFE ID. Renewing proves possession over the plaintext discovery port without mTLS, and
   a captured proof cannot get a certificate for any other key.
@@ -27,16 +27,15 @@ import grpc
 from cryptography import x509
 from mesh.v1 import ca_pb2, ca_pb2_grpc
 
-from control_plane.api_errors import ApiError, Internal, InvalidArgument, PermissionDenied, Unauthenticated
+from control_plane.api_errors import ApiError, Internal, InvalidArgument
 from control_plane.auth import TokenVerifier
 from control_plane.ca import DEFAULT_LEAF_TTL, CAError, InvalidCSR, IssuedCertificate
 from control_plane.ca_source import Trust
 from control_plane.grpc_errors import abort
 from control_plane.join_tokens import verify_join_token
 from control_plane.pki import cert_pem
-from control_plane.renewal import MAX_SKEW, renewal_signature_valid
+from control_plane.possession import RENEWAL, check_proof
 from control_plane.spiffe import SpiffeId
-from control_plane.svid import InvalidSvid, validate_svid
 
 log = logging.getLogger(__name__)
 
@@ -108,25 +107,17 @@ class Issuer:
         return issued, trust
 
     def _renewing(self, renewal: ca_pb2.Renewal, csr: bytes, trust: Trust, now: datetime) -> SpiffeId:
-        try:
-            chain = x509.load_pem_x509_certificates(renewal.certificate_chain.encode())
-        except ValueError:
-            raise Unauthenticated("renewal.certificate_chain holds no readable PEM certificate") from None
-        try:
-            identity = validate_svid(chain, trust.roots, now)
-        except InvalidSvid as exc:
-            raise Unauthenticated(f"renewal: the current certificate is not valid: {exc}") from None
-        if identity.trust_domain != self.trust_domain:
-            raise PermissionDenied(
-                f"renewal: {identity} is not in this CA's trust domain {self.trust_domain!r}"
-            )
-        skew, limit = abs(now.timestamp() - renewal.unix_time), MAX_SKEW.total_seconds()
-        if skew > limit:
-            raise Unauthenticated(
-                f"renewal: unix_time is {skew:.0f}s from the CA's clock (at most {limit:.0f}s)"
-            )
-        if not renewal_signature_valid(chain[0].public_key(), renewal.signature, renewal.unix_time, csr):
-            raise Unauthenticated("renewal: the signature does not verify with the current certificate's key")
+        identity, _ = check_proof(
+            renewal.certificate_chain,
+            renewal.unix_time,
+            renewal.signature,
+            purpose=RENEWAL,
+            payload=csr,
+            roots=trust.roots,
+            trust_domain=self.trust_domain,
+            now=now,
+            what="renewal",
+        )
         return identity
 
 

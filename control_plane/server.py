@@ -37,6 +37,7 @@ from control_plane.auth import Clock, TokenVerifier, load_or_create_signing_key,
 from control_plane.ca import DEFAULT_LEAF_TTL, CAError
 from control_plane.ca_source import CaDirectory
 from control_plane.discovery import DEFAULT_DEBOUNCE, DEFAULT_WARMUP, DiscoveryServicer, ServerKeepalive
+from control_plane.discovery_auth import DiscoveryAuthenticator
 from control_plane.metrics import ControlPlaneMetrics
 from control_plane.policy_service import PolicyService
 from control_plane.sqlite_store import STORE_FILE, SqliteStore
@@ -89,7 +90,9 @@ class ControlPlane:
         trust_domain: str | None = None,
         cert_ttl: timedelta = DEFAULT_LEAF_TTL,
         ca_poll: float = DEFAULT_CA_POLL,
+        require_identity: bool = False,
     ) -> None:
+        self._require_identity = require_identity
         self.data_dir = data_dir
         self._ca_dir = ca_dir
         self._trust_domain = trust_domain
@@ -127,7 +130,14 @@ class ControlPlane:
             raise StartError(
                 f"the CA in {ca.directory} is for trust domain {ca_domain!r}, not {trust_domain!r}"
             )
-        discovery = DiscoveryServicer(store, debounce=self._debounce, warmup=self._warmup)
+        authenticator = DiscoveryAuthenticator(lambda: ca.trust, trust_domain, self._clock)
+        discovery = DiscoveryServicer(
+            store,
+            debounce=self._debounce,
+            warmup=self._warmup,
+            authenticator=authenticator,
+            require_identity=self._require_identity,
+        )
         discovery.builder.set_trust(ca.trust)
         self.discovery = discovery
         verifier = TokenVerifier(key.public_key(), clock=self._clock)

@@ -87,6 +87,11 @@ def register(sub: Any) -> None:
         default=round(DEFAULT_CA_POLL * 1000),
         help="look for changes in the CA directory (a root rotation) this often (default: %(default)s)",
     )
+    parser.add_argument(
+        "--require-identity",
+        action="store_true",
+        help="refuse sidecars that do not prove their identity with a certificate from this CA",
+    )
     parser.add_argument("--log-level", default="INFO", help="logging level (default: %(default)s)")
     parser.set_defaults(run=run)
 
@@ -105,6 +110,7 @@ def run(args: argparse.Namespace) -> int:
         trust_domain=args.trust_domain,
         cert_ttl=args.cert_ttl,
         ca_poll=max(args.ca_poll_ms, 1) / 1000,
+        require_identity=args.require_identity,
     )
     # The default asyncio loop, by choice: grpc.aio runs on uvloop too (the sidecar does that, see
     # docs/discovery.md), but the control plane's traffic is almost all grpc.aio, which measured a

@@ -9,11 +9,16 @@ import logging
 import os
 import random
 import ssl
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+from mesh.v1.discovery_pb2 import IdentityProof
 
+from control_plane.pki import SigningKey
 from sidecar import tls
 from sidecar.access_log import AccessLog
 from sidecar.authz import NO_AUTHZ, Authz
@@ -112,6 +117,8 @@ class Sidecar:
         self.node_id = node_id or ""
         # With a join token, the certificate comes from the control plane's CA (at start()).
         self.workload: WorkloadIdentity | None = None
+        self._file_identity: tuple[bytes, SigningKey] | None = None  # (chain PEM, key) from tls files
+        self._reported_serial = 0
         if config.control_plane is not None:
             from sidecar.discovery import default_node_id, identity_of
 
@@ -125,6 +132,7 @@ class Sidecar:
             else:
                 assert config.tls is not None  # the config requires one or the other
                 self.identity = identity_of(config.tls.cert)  # ValueError: no usable SPIFFE ID
+                self._file_identity = _load_file_identity(config.tls.cert, config.tls.key)
             self.node_id = node_id or default_node_id(config.service)
         self.limiter = _limiter(config, self.stats)  # its buckets outlive snapshots
         # Static mode starts on its file; with a control plane, on nothing until the first push.
@@ -218,6 +226,23 @@ class Sidecar:
         else:
             self._server_ssl.swap(server_ssl)
         self.pools.renew(client_ssl)
+        issued = self.workload.issued if self.workload is not None else None
+        if issued is not None and issued.leaf.serial_number != self._reported_serial:
+            self._reported_serial = issued.leaf.serial_number
+            if self.discovery is not None:
+                self.discovery.report_certificate()
+
+    def _prove(self) -> IdentityProof | None:
+        """Proof of this sidecar's identity for the control plane (its certificate and key)."""
+        from sidecar.identity import identity_proof
+
+        now = datetime.now(UTC)
+        if self.workload is not None and self.workload.issued is not None:
+            issued = self.workload.issued
+            return identity_proof(issued.presented_pem, issued.key, self.node_id, now)
+        if self._file_identity is not None:
+            return identity_proof(*self._file_identity, self.node_id, now)
+        return None
 
     def apply(self, discovered: Discovered) -> None:
         """Swap in a pushed snapshot (already validated): new chains over the new services.
@@ -337,7 +362,9 @@ class Sidecar:
 
         hello = hello_for(self.config, self.addresses, identity=self.identity, node_id=self.node_id)
         apply = self.metrics.counting(self.apply)
-        self.discovery = DiscoveryClient(str(control_plane), hello, apply, backoff=self._backoff)
+        self.discovery = DiscoveryClient(
+            str(control_plane), hello, apply, backoff=self._backoff, prove=self._prove
+        )
         self.discovery.start()
         if self.config.inbound is not None and self.config.app is not None:
             from sidecar.app_health import AppHealthWatcher
@@ -465,6 +492,19 @@ def _limiter(config: SidecarConfig, stats: Stats) -> RateLimiter:
 def _plaintext(conn: H2Connection) -> bool:
     transport = conn.transport
     return transport is not None and transport.get_extra_info("ssl_object") is None
+
+
+def _load_file_identity(cert: Path, key: Path) -> tuple[bytes, SigningKey] | None:
+    """The certificate chain and key of tls files, to prove the identity to the control plane;
+    None when the key is not one that can sign a proof."""
+    try:
+        loaded = serialization.load_pem_private_key(key.read_bytes(), password=None)
+        chain = cert.read_bytes()
+    except (OSError, ValueError, TypeError):
+        return None
+    if not isinstance(loaded, ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey | ed25519.Ed25519PrivateKey):
+        return None
+    return chain, loaded
 
 
 def _bound(server: Any) -> str:

@@ -1,7 +1,7 @@
 """The sidecar's side of the CA API: make a key, send its CSR, check what comes back.
 
 The key is made here and never leaves the process. The first request carries the join token;
-later ones prove the current certificate instead (control_plane.renewal). A response is used
+later ones prove the current certificate instead (control_plane.possession). A response is used
 only if it is a valid X.509-SVID for our key under the trust bundle sent with it.
 """
 
@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from mesh.v1 import ca_pb2, ca_pb2_grpc
 
 from control_plane.pki import build_csr, certs_pem, generate_private_key
-from control_plane.renewal import sign_renewal
+from control_plane.possession import RENEWAL, sign_proof
 from control_plane.spiffe import SpiffeId
 from control_plane.svid import InvalidSvid, validate_svid
 
@@ -73,7 +73,7 @@ async def fetch_certificate(
         unix_time = int(now.timestamp())
         request.renewal.certificate_chain = current.presented_pem.decode()
         request.renewal.unix_time = unix_time
-        request.renewal.signature = sign_renewal(current.key, unix_time, csr)
+        request.renewal.signature = sign_proof(current.key, RENEWAL, unix_time, csr)
     elif token is not None:
         metadata.append(("authorization", f"Bearer {token}"))
     response = await stub.CreateCertificate(request, metadata=metadata, timeout=timeout)

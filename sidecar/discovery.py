@@ -321,7 +321,8 @@ class DiscoveryClient:
 
     `apply(discovered)` swaps the sidecar's snapshot; if it raises, the version is Nacked with
     the error. `sleep` (the backoff wait), `backoff`, `keepalive` and `channel_factory` (called
-    with the target and the channel options) are injectable for tests."""
+    with the target and the channel options) are injectable for tests. `prove`, when given, makes
+    the identity proof each Hello carries (control_plane.discovery_auth)."""
 
     def __init__(
         self,
@@ -333,9 +334,11 @@ class DiscoveryClient:
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         keepalive: Keepalive | None = None,
         channel_factory: ChannelFactory = insecure_channel,
+        prove: Callable[[], discovery_pb2.IdentityProof | None] | None = None,
     ) -> None:
         self.target = target
         self.hello = hello
+        self._prove = prove
         self._apply = apply
         self.backoff = backoff if backoff is not None else Backoff()
         self._sleep = sleep
@@ -373,6 +376,13 @@ class DiscoveryClient:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+
+    def report_certificate(self) -> None:
+        """The sidecar's certificate was renewed: prove the new one on the open stream (a new
+        stream's Hello carries it anyway)."""
+        proof = self._prove() if self._prove is not None else None
+        if proof is not None and self._outbox is not None:
+            self._outbox.put_nowait(Request(certificate=proof))
 
     def report_health(self, serving: bool) -> None:
         """The local app's health is known or changed: tell the control plane now, and again
@@ -413,7 +423,13 @@ class DiscoveryClient:
 
     async def _stream(self) -> None:
         outbox: asyncio.Queue[Request | None] = asyncio.Queue()
-        outbox.put_nowait(Request(hello=self.hello))
+        hello = self.hello
+        proof = self._prove() if self._prove is not None else None
+        if proof is not None:  # made fresh for each stream: it carries the time
+            hello = discovery_pb2.Hello()
+            hello.CopyFrom(self.hello)
+            hello.proof.CopyFrom(proof)
+        outbox.put_nowait(Request(hello=hello))
         if self.serving is not None:
             outbox.put_nowait(Request(health=discovery_pb2.HealthReport(serving=self.serving)))
         channel = self._channel_factory(self.target, self.keepalive.channel_options())

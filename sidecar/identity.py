@@ -26,10 +26,11 @@ from typing import Any
 
 import grpc
 from cryptography import x509
-from mesh.v1 import ca_pb2_grpc
+from mesh.v1 import ca_pb2_grpc, discovery_pb2
 
 from control_plane.ca_source import fingerprint
-from control_plane.pki import cert_pem, private_key_pem
+from control_plane.pki import SigningKey, cert_pem, private_key_pem
+from control_plane.possession import DISCOVERY, sign_proof
 from sidecar import tls
 from sidecar.ca_client import BadCertificate, Issued, fetch_certificate
 from sidecar.discovery import Backoff
@@ -46,6 +47,18 @@ def _utc_now() -> datetime:
 
 class CertificateUnavailable(Exception):
     """The first certificate could not be obtained (refused, or the CA is unreachable)."""
+
+
+def identity_proof(
+    chain_pem: bytes, key: SigningKey, node_id: str, now: datetime
+) -> discovery_pb2.IdentityProof:
+    """Proof for the discovery stream that this sidecar holds the key of its certificate."""
+    unix_time = int(now.timestamp())
+    return discovery_pb2.IdentityProof(
+        certificate_chain=chain_pem.decode(),
+        unix_time=unix_time,
+        signature=sign_proof(key, DISCOVERY, unix_time, node_id.encode()),
+    )
 
 
 def renew_delay(issued: Issued, now: datetime, rand: random.Random, jitter: float) -> float:

@@ -122,6 +122,20 @@ def test_bootstrap_with_a_join_token_and_rotation_under_traffic(tmp_path: Path) 
             traffic.wait_for_calls(traffic.count() + CALLS_PER_SECOND, 10)
         assert traffic.failed() == [], traffic.failed()[:5]
         assert traffic.count() > ROTATIONS * 2 * CALLS_PER_SECOND
+
+        # The control plane saw each renewal proven on the discovery stream: status shows it.
+        def status_matches() -> bool:
+            listed = {s["nodeId"]: s for s in mesh.control_plane.status_json()["sidecars"]}
+            return all(
+                listed[s.config_dump()["discovery"]["node_id"]]["identityVerified"]
+                and listed[s.config_dump()["discovery"]["node_id"]]["certificateSerial"]
+                == certs(s)["certificate"]["serial"]
+                for s in mesh.sidecars
+            )
+
+        wait_for(status_matches, 30, "meshctl status to show each sidecar's current certificate")
+        wide = mesh.control_plane.ok("status", "-o", "wide")
+        assert "CERT SERIAL" in wide and f"spiffe://{TRUST_DOMAIN}/ns/default/sa/echo" in wide, wide
         _, metrics = http_get(mesh.control_plane.http, "/metrics")
         signed = [
             line

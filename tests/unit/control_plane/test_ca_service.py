@@ -45,6 +45,7 @@ class CA:
     stub: ca_pb2_grpc.CertificateServiceStub
     clock: Clock
     http: str
+    grpc: str
 
     def token(self, service: str = "users", *, ttl: timedelta = timedelta(minutes=10)) -> str:
         key = load_signing_key(self.plane.data_dir)
@@ -67,7 +68,9 @@ async def running_ca(data_dir: Path, **options: Any) -> AsyncIterator[CA]:
     addresses = await plane.start()
     try:
         async with grpc.aio.insecure_channel(addresses.grpc) as channel:
-            yield CA(plane, ca_pb2_grpc.CertificateServiceStub(channel), clock, addresses.http)
+            yield CA(
+                plane, ca_pb2_grpc.CertificateServiceStub(channel), clock, addresses.http, addresses.grpc
+            )
     finally:
         await plane.stop(0)
 
