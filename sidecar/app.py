@@ -452,6 +452,8 @@ class Sidecar:
                 {
                     "address": str(pool.address),
                     "secure": pool.ssl_context is not None,
+                    "expected_identity": pool.expected_identity,
+                    "identity_mismatches": pool.identity_mismatches,
                     "services": names,
                     "labels": labels,
                     "connections": len(pool.connections),

@@ -37,8 +37,12 @@ class UpstreamPool:
         limits: Limits,
         max_connections: int = 4,
         connect_timeout: float = 5.0,
+        expected_identity: str = "",
     ) -> None:
         self.address = address
+        # Secure naming: the SPIFFE ID the peer's certificate must carry ("" = any from the mesh CA).
+        self.expected_identity = expected_identity
+        self.identity_mismatches = 0
         self.ssl_context = ssl_context
         self.limits = limits
         self.max_connections = max_connections
@@ -102,6 +106,18 @@ class UpstreamPool:
                 self._fail_waiting()
                 return
             conn.peer_identity = tls.peer_spiffe_id(ssl_object)
+            if self.expected_identity and conn.peer_identity != self.expected_identity:
+                # The certificate is from the mesh CA, but not the workload this address should be.
+                self.identity_mismatches += 1
+                log.warning(
+                    "upstream %s presented %s, expected %s (secure naming); connection refused",
+                    self.address,
+                    conn.peer_identity or "no SPIFFE ID",
+                    self.expected_identity,
+                )
+                conn.abort()
+                self._fail_waiting()
+                return
         if self._closed:
             conn.drain()
             self._fail_waiting()
@@ -173,14 +189,23 @@ class Pools:
         self._pools: dict[tuple[Address, bool], UpstreamPool] = {}
         self._closing: set[asyncio.Task[None]] = set()
 
-    def get(self, address: Address, *, secure: bool) -> UpstreamPool:
+    def get(self, address: Address, *, secure: bool, identity: str = "") -> UpstreamPool:
+        """The pool for `address`; for a secure one, `identity` (when known) is the SPIFFE ID
+        the peer must present (secure naming), following what the latest snapshot says."""
         key = (address, secure)
         pool = self._pools.get(key)
         if pool is None:
             if secure and self.client_ssl is None:
                 raise ValueError("mutual TLS to other sidecars needs tls certificates")
-            pool = UpstreamPool(address, ssl_context=self.client_ssl if secure else None, limits=self.limits)
+            pool = UpstreamPool(
+                address,
+                ssl_context=self.client_ssl if secure else None,
+                limits=self.limits,
+                expected_identity=identity if secure else "",
+            )
             self._pools[key] = pool
+        elif secure and identity and pool.expected_identity != identity:
+            pool.expected_identity = identity  # another workload at this address now: new connections only
         return pool
 
     def retire_secure(self, keep: set[Address]) -> None:
