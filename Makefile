@@ -72,3 +72,8 @@ bench-resilience: venv
 .PHONY: bench-observability
 bench-observability: venv tools
 	$(PY) -m bench.observability
+
+# CSRs signed per second by the control plane's CA (bench/README.md). Writes bench/results/ca.md.
+.PHONY: bench-ca
+bench-ca: venv
+	$(PY) -m bench.ca

@@ -113,6 +113,8 @@ _SIDECAR_SCALARS = (
     "admin_address",
     "applied_revision",
     "sent_revision",
+    "identity_verified",
+    "certificate_serial",
 )
 
 
@@ -127,6 +129,9 @@ def sidecar_status(record: Any) -> Any:
     last_seen = record.last_seen
     if isinstance(last_seen, datetime):
         message.last_seen.CopyFrom(timestamp(last_seen))
+    not_after = record.certificate_not_after
+    if isinstance(not_after, datetime):
+        message.certificate_not_after.CopyFrom(timestamp(not_after))
     return message
 
 

@@ -158,6 +158,19 @@ def mint_token(
     now: datetime,
     ttl: timedelta = DEFAULT_TTL,
 ) -> str:
+    return sign_token(key, audience=AUDIENCE, subject=subject, now=now, ttl=ttl, role=role.value)
+
+
+def sign_token(
+    key: ec.EllipticCurvePrivateKey,
+    *,
+    audience: str,
+    subject: str,
+    now: datetime,
+    ttl: timedelta,
+    **extra: str,
+) -> str:
+    """An ES256 JWT for `audience` with the standard claims and `extra` ones."""
     if not subject:
         raise ValueError("a token needs a subject")
     if ttl <= timedelta(0):
@@ -165,11 +178,11 @@ def mint_token(
     if ttl > MAX_TTL:
         raise ValueError(f"a token's ttl must be at most {MAX_TTL.days} days, got {ttl}")
     issued = int(now.timestamp())
-    claims = {
+    claims: dict[str, object] = {
         "iss": ISSUER,
-        "aud": AUDIENCE,
+        "aud": audience,
         "sub": subject,
-        "role": role.value,
+        **extra,
         "iat": issued,
         "exp": issued + int(ttl.total_seconds()),
     }
@@ -207,12 +220,22 @@ class TokenVerifier:
         return self.verify(token.strip())
 
     def verify(self, token: str) -> Principal:
+        claims = self.claims(token, AUDIENCE)
+        subject, role = claims["sub"], claims.get("role")
+        if not isinstance(subject, str) or not subject:
+            raise Unauthenticated("bearer token: sub must be a non-empty string")
+        if role not in {r.value for r in Role}:
+            raise Unauthenticated(f"bearer token: role must be 'read' or 'admin', got {role!r}")
+        return Principal(subject, Role(role))
+
+    def claims(self, token: str, audience: str) -> dict[str, Any]:
+        """The claims of a token for `audience` whose signature, issuer and times check out."""
         try:
-            claims = jwt.decode(
+            claims: dict[str, Any] = jwt.decode(
                 token,
                 self._key,
                 algorithms=[ALGORITHM],
-                audience=AUDIENCE,
+                audience=audience,
                 issuer=ISSUER,
                 options=_DECODE_OPTIONS,
             )
@@ -234,12 +257,7 @@ class TokenVerifier:
             raise Unauthenticated(
                 f"bearer token: valid for longer than {MAX_TTL.days} days (exp - iat); mint a shorter one"
             )
-        subject, role = claims["sub"], claims.get("role")
-        if not isinstance(subject, str) or not subject:
-            raise Unauthenticated("bearer token: sub must be a non-empty string")
-        if role not in {r.value for r in Role}:
-            raise Unauthenticated(f"bearer token: role must be 'read' or 'admin', got {role!r}")
-        return Principal(subject, Role(role))
+        return claims
 
 
 def _is_number(value: object) -> bool:

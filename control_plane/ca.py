@@ -32,6 +32,7 @@ from control_plane.pki import (
     certs_pem,
     csr_public_key,
     generate_private_key,
+    is_ca,
     is_self_signed,
     key_usage,
     private_key_pem,
@@ -113,11 +114,7 @@ class CertificateAuthority:
     ) -> None:
         if certificate.public_key() != key.public_key():
             raise CAError("the CA private key does not match the CA certificate")
-        try:
-            is_ca = certificate.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
-        except x509.ExtensionNotFound:
-            is_ca = False
-        if not is_ca:
+        if not is_ca(certificate):
             raise CAError("the CA certificate is not a CA (basicConstraints CA:true is missing)")
         path = [certificate, *chain]
         for child, parent in itertools.pairwise(path):

@@ -20,9 +20,13 @@ marked disconnected; its endpoint leaves the other sidecars' snapshots after the
 grace. gRPC keepalive (`ServerKeepalive`, both ways) makes a stream whose peer vanished without
 closing the connection end too.
 
-Discovery is unauthenticated until sidecars present their identity (issue 4): whoever reaches
-the port can register endpoints. The control plane's gRPC port (15010) must not be exposed
-beyond the hosts that run sidecars.
+Authentication (control_plane.discovery_auth): a Hello that carries an identity proof (the
+sidecar's certificate from the mesh CA and a signature with its key) registers the certificate's
+identity, for the service and namespace it names (PERMISSION_DENIED otherwise); a renewed
+certificate is proven again on the stream (`certificate`). A Hello without a proof — or with one
+that fails — is refused (UNAUTHENTICATED) when `require_identity` is set; otherwise it registers
+with its claimed identity, marked unverified. The control plane's gRPC port (15010) must not be
+exposed beyond the hosts that run sidecars.
 
 Warm-up: the registry lives in memory, so a control plane that just (re)started knows no
 endpoints. For `warmup` seconds after start it registers the sidecars that reconnect but sends
@@ -35,6 +39,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 from collections import OrderedDict
@@ -45,6 +50,8 @@ from typing import Any, NoReturn
 import grpc
 from mesh.v1 import discovery_pb2, discovery_pb2_grpc
 
+from control_plane.api_errors import ApiError, PermissionDenied
+from control_plane.discovery_auth import DiscoveryAuthenticator, ProvenIdentity
 from control_plane.registry import Clock, InvalidHello, NodeIdInUse, Registration, Registry, SidecarRecord
 from control_plane.resources import Store
 from control_plane.snapshots import Resources, SnapshotBuilder, version_hash
@@ -150,8 +157,12 @@ class DiscoveryServicer(discovery_pb2_grpc.DiscoveryServiceServicer):  # type: i
         retry_initial: float = RETRY_INITIAL,
         retry_maximum: float = RETRY_MAXIMUM,
         clock: Clock = time.monotonic,
+        authenticator: DiscoveryAuthenticator | None = None,
+        require_identity: bool = False,
     ) -> None:
         self.store = store
+        self.authenticator = authenticator
+        self.require_identity = require_identity
         self.registry = registry if registry is not None else Registry(clock=clock)
         self.builder = builder if builder is not None else SnapshotBuilder()
         self.debounce = debounce
@@ -278,14 +289,20 @@ class DiscoveryServicer(discovery_pb2_grpc.DiscoveryServiceServicer):  # type: i
             await _abort(
                 context, grpc.StatusCode.INVALID_ARGUMENT, f"the first message must be a hello, got {kind}"
             )
+        identity = await self._authenticate(first.hello, context)
+        registration = registration_of(first.hello)
+        if identity is not None:
+            registration = dataclasses.replace(registration, identity=str(identity.spiffe_id))
         try:
-            record = self.registry.register(registration_of(first.hello))
+            record = self.registry.register(registration)
         except InvalidHello as exc:
             await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         except NodeIdInUse as exc:
             log.warning("refused a hello: %s", exc)
             await _abort(context, grpc.StatusCode.ALREADY_EXISTS, str(exc))
         node_id = record.node_id
+        if identity is not None:
+            self.registry.set_certificate(node_id, identity.serial, identity.not_after)
         session = _Session(node_id, record.session)
         previous = self._sessions.get(node_id)
         if previous is not None:
@@ -313,6 +330,49 @@ class DiscoveryServicer(discovery_pb2_grpc.DiscoveryServiceServicer):  # type: i
             self._progress()
             if self._wake is not None:
                 self._wake.set()  # the push loop re-arms its grace timer
+
+    async def _authenticate(
+        self, hello: discovery_pb2.Hello, context: grpc.aio.ServicerContext
+    ) -> ProvenIdentity | None:
+        """The identity a Hello proves, None when it proves none (allowed unless required)."""
+        if self.authenticator is None:
+            return None
+        if not hello.HasField("proof"):
+            if self.require_identity:
+                await _abort(
+                    context,
+                    grpc.StatusCode.UNAUTHENTICATED,
+                    "this control plane requires an identity proof in the Hello: a certificate from its "
+                    "CA (a sidecar with a join token sends one)",
+                )
+            return None
+        try:
+            return self.authenticator.verify_hello(hello)
+        except ApiError as exc:
+            if self.require_identity or isinstance(exc, PermissionDenied):
+                await _abort(context, grpc.StatusCode[exc.code], exc.message)
+            log.warning("sidecar %s: %s; registered as unverified", hello.node_id, exc.message)
+            return None
+
+    def _certificate_report(self, node_id: str, proof: discovery_pb2.IdentityProof) -> None:
+        """A renewed certificate, proven on the stream: update what status shows."""
+        record = self.registry.get(node_id)
+        if self.authenticator is None or record is None:
+            return
+        try:
+            identity = self.authenticator.verify(proof, node_id)
+        except ApiError as exc:
+            log.warning("sidecar %s: certificate report refused: %s", node_id, exc.message)
+            return
+        if str(identity.spiffe_id) != record.registration.identity:
+            log.warning(
+                "sidecar %s registered as %s reported a certificate for %s; ignored",
+                node_id,
+                record.registration.identity,
+                identity.spiffe_id,
+            )
+            return
+        self.registry.set_certificate(node_id, identity.serial, identity.not_after)
 
     async def _send_first(self, session: _Session) -> None:
         """Queue a new stream's first snapshot (the store read in a worker thread)."""
@@ -358,6 +418,8 @@ class DiscoveryServicer(discovery_pb2_grpc.DiscoveryServiceServicer):  # type: i
                         )
                 elif kind == "health":
                     self.registry.set_serving(node_id, request.health.serving)
+                elif kind == "certificate":
+                    self._certificate_report(node_id, request.certificate)
                 elif kind == "hello":
                     log.warning("sidecar %s sent a second hello; ignored", node_id)
                     self.registry.seen(node_id)

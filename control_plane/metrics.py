@@ -13,6 +13,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram,
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from control_plane.ca_service import Issuer
 from control_plane.discovery import DiscoveryServicer
 from control_plane.registry import AckState
 
@@ -60,10 +61,30 @@ class _DiscoveryCollector(Collector):
         yield CounterMetricFamily("grpc_mesh_nacks", "Nacks received from sidecars.", value=discovery.nacks)
 
 
+class _CACollector(Collector):
+    def __init__(self, issuer: Issuer) -> None:
+        self.issuer = issuer
+
+    def collect(self) -> Iterable[Metric]:
+        yield CounterMetricFamily(
+            "grpc_mesh_ca_csrs_signed",
+            "Certificate signing requests signed by the CA.",
+            value=self.issuer.signed,
+        )
+        refused = CounterMetricFamily(
+            "grpc_mesh_ca_csrs_refused",
+            "Certificate signing requests refused, by gRPC status (nothing issued).",
+            labels=["grpc_code"],
+        )
+        for code, count in sorted(self.issuer.refused.items()):
+            refused.add_metric([code], count)
+        yield refused
+
+
 class ControlPlaneMetrics:
     """The control plane's own registry (not the process-global one)."""
 
-    def __init__(self, discovery: DiscoveryServicer) -> None:
+    def __init__(self, discovery: DiscoveryServicer, issuer: Issuer | None = None) -> None:
         self.registry = CollectorRegistry(auto_describe=False)
         self.push_latency = Histogram(
             "grpc_mesh_push_latency_seconds",
@@ -72,6 +93,8 @@ class ControlPlaneMetrics:
             buckets=PUSH_BUCKETS_SECONDS,
         )
         self.registry.register(_DiscoveryCollector(discovery))
+        if issuer is not None:
+            self.registry.register(_CACollector(issuer))
         discovery.on_push = self.push_latency.observe
 
     def exposition(self) -> tuple[bytes, str]:

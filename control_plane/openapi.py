@@ -137,6 +137,12 @@ SCHEMAS: dict[str, Any] = {
                 "description": "The store revision the last sent snapshot was built for; a NACK with "
                 "sentRevision >= R is a rejection of revision R.",
             },
+            "identityVerified": {
+                "type": "boolean",
+                "description": "The sidecar proved its identity with a certificate from the mesh CA.",
+            },
+            "certificateSerial": {"type": "string", "description": "That certificate's serial (hex)."},
+            "certificateNotAfter": {**_TIMESTAMP, "description": "That certificate's expiry."},
         },
     },
     "ApplyRequest": {

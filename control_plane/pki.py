@@ -114,6 +114,14 @@ def signed_by(child: x509.Certificate, parent: x509.Certificate) -> bool:
     return True
 
 
+def is_ca(cert: x509.Certificate) -> bool:
+    """True when the certificate says it is a CA (basicConstraints CA:true)."""
+    try:
+        return bool(cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca)
+    except x509.ExtensionNotFound:
+        return False
+
+
 def is_self_signed(cert: x509.Certificate) -> bool:
     return signed_by(cert, cert)
 

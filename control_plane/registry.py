@@ -115,6 +115,10 @@ class SidecarRecord:
     applied_revision: int = 0
     state: AckState = AckState.PENDING
     nack_reason: str = ""
+    # Set when the sidecar proved its identity with a certificate from the mesh CA.
+    identity_verified: bool = False
+    certificate_serial: str = ""
+    certificate_not_after: datetime | None = None
 
     @property
     def node_id(self) -> str:
@@ -267,6 +271,16 @@ class Registry:
             and _address_key(other.inbound_address) == key
             for other in self._records.values()
         )
+
+    def set_certificate(self, node_id: str, serial: str, not_after: datetime) -> None:
+        """The sidecar proved its identity with this certificate (at its Hello, or a renewal)."""
+        record = self._records.get(node_id)
+        if record is None:
+            return
+        record.last_seen = self._wall()
+        record.identity_verified = True
+        record.certificate_serial = serial
+        record.certificate_not_after = not_after
 
     def set_serving(self, node_id: str, serving: bool) -> None:
         """The sidecar's local app health changed (grpc.health.v1, as the sidecar reports it)."""

@@ -7,6 +7,8 @@ For one sidecar, the snapshot holds:
   endpoints) or, when it declares none, every service the registry knows — its own included.
   A dependency's VirtualServices can send calls to other hosts (route destinations, mirrors);
   those hosts are added too, so a route never points at a service the sidecar does not know.
+- **trust**: the CA's trust bundle and the fingerprint of its signing certificate (`set_trust`),
+  the same for every sidecar.
 - **policies**, sorted by (kind, namespace, name):
   - outbound: `VirtualService`s whose `hosts` and `DestinationRule`s whose `host` name one of
     those services;
@@ -41,6 +43,7 @@ from typing import Any
 from google.protobuf import struct_pb2
 from mesh.v1 import discovery_pb2, resources_pb2
 
+from control_plane.ca_source import Trust
 from control_plane.registry import Registration, Registry, ServiceInfo, SidecarRecord
 from control_plane.resources import Resource, ResourceKey, Store
 from sidecar.wire_checks import is_name
@@ -91,6 +94,12 @@ class SnapshotBuilder:
         # per (resources, services) pair, however many sidecars share it.
         self._built_for: tuple[Resources, dict[str, ServiceInfo]] | None = None
         self._built: dict[tuple[object, ...], discovery_pb2.Snapshot] = {}
+        self._trust: Trust | None = None
+
+    def set_trust(self, trust: Trust) -> None:
+        """The trust bundle and signing CA every snapshot carries from now on."""
+        self._trust = trust
+        self._built_for = None  # every snapshot changes
 
     def build(
         self, record: SidecarRecord | Registration, registry: Registry, resources: Resources
@@ -144,6 +153,9 @@ class SnapshotBuilder:
                     address=endpoint.address, labels=endpoint.labels, identity=endpoint.identity
                 )
         snapshot.policies.extend(resources.protos[key] for key in sorted(policies))
+        if self._trust is not None:
+            snapshot.trust_roots.extend(self._trust.roots_pem)
+            snapshot.signing_ca = self._trust.signing_ca
         snapshot.version = f"{resources.revision}-{content_hash(snapshot)}"
         return snapshot
 

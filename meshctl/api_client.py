@@ -217,6 +217,9 @@ class SidecarStatus:
     admin_address: str
     applied_revision: int
     sent_revision: int  # the store revision the last sent snapshot was built for
+    identity_verified: bool = False  # proven with a certificate from the mesh CA
+    certificate_serial: str = ""
+    certificate_not_after: str = ""
 
     @classmethod
     def from_json(cls, data: Any) -> SidecarStatus:
@@ -239,6 +242,9 @@ class SidecarStatus:
             admin_address=_str(data, "adminAddress"),
             applied_revision=_int64(data.get("appliedRevision"), "sidecar.appliedRevision"),
             sent_revision=_int64(data.get("sentRevision"), "sidecar.sentRevision"),
+            identity_verified=bool(data.get("identityVerified", False)),
+            certificate_serial=_str(data, "certificateSerial"),
+            certificate_not_after=_str(data, "certificateNotAfter"),
         )
 
     def to_json(self) -> JsonObject:
@@ -259,6 +265,9 @@ class SidecarStatus:
             "adminAddress": self.admin_address,
             "appliedRevision": self.applied_revision,
             "sentRevision": self.sent_revision,
+            "identityVerified": self.identity_verified,
+            "certificateSerial": self.certificate_serial,
+            "certificateNotAfter": self.certificate_not_after,
         }
 
     def __str__(self) -> str:

@@ -23,7 +23,7 @@ from control_plane.ca import (
     SpiffeId,
     issue_workload_files,
 )
-from control_plane.pki import read_certs
+from control_plane.pki import is_ca, read_certs
 
 Clock = Callable[[], datetime]
 DEFAULT_DIR = "certs"
@@ -168,13 +168,6 @@ def _describe_names(cert: x509.Certificate) -> str:
     return ", ".join(names) if names else "(none)"
 
 
-def _is_ca(cert: x509.Certificate) -> bool:
-    try:
-        return cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
-    except x509.ExtensionNotFound:
-        return False
-
-
 def _run_show(args: argparse.Namespace, *, clock: Clock) -> int:
     try:
         certs = read_certs(Path(args.file))
@@ -192,5 +185,5 @@ def _run_show(args: argparse.Namespace, *, clock: Clock) -> int:
         print(f"  SAN:        {_describe_names(cert)}")
         print(f"  not before: {start.isoformat()}")
         print(f"  not after:  {end.isoformat()}  ({status})")
-        print(f"  CA:         {'yes' if _is_ca(cert) else 'no'}")
+        print(f"  CA:         {'yes' if is_ca(cert) else 'no'}")
     return 0

@@ -39,6 +39,7 @@ def _write_ready(path: Path, data: dict[str, Any]) -> None:
 async def _serve(args: argparse.Namespace) -> int:
     from sidecar.app import Sidecar
     from sidecar.config import ConfigError, load_config
+    from sidecar.identity import CertificateUnavailable
 
     try:
         config = load_config(args.config)
@@ -54,6 +55,10 @@ async def _serve(args: argparse.Namespace) -> int:
         addresses = await sidecar.start()
     except OSError as exc:
         print(f"meshctl sidecar: cannot listen: {exc}", file=sys.stderr)
+        await sidecar.stop(0)
+        return 1
+    except CertificateUnavailable as exc:
+        print(f"meshctl sidecar: no certificate: {exc}", file=sys.stderr)
         await sidecar.stop(0)
         return 1
     listening = ", ".join(f"{name} {address}" for name, address in addresses.items())

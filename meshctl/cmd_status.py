@@ -26,7 +26,7 @@ from meshctl.api_client import (
     add_connection_arguments,
     client_from_args,
 )
-from meshctl.tables import format_age, format_table
+from meshctl.tables import format_age, format_table, format_time
 
 Clock = Callable[[], float]
 Sleep = Callable[[float], None]
@@ -47,10 +47,15 @@ def register(
         "status",
         help="show every sidecar and the config version it applied",
         description="List every sidecar the control plane knows: service, labels, address, the "
-        "config it applied (ACK) or rejected (NACK, with the reason), when it was last seen.",
+        "config it applied (ACK) or rejected (NACK, with the reason), when it was last seen; with "
+        "-o wide also its identity, whether it proved it, and its certificate's serial and expiry.",
     )
     status.add_argument(
-        "-o", "--output", choices=("table", "json"), default="table", help="output format (default: table)"
+        "-o",
+        "--output",
+        choices=("table", "wide", "json"),
+        default="table",
+        help="output format (default: table; wide adds identity and certificate columns)",
     )
     add_connection_arguments(status)
     status.set_defaults(run=functools.partial(_run_status, now=now))
@@ -79,7 +84,7 @@ def _run_status(args: argparse.Namespace, *, now: WallClock) -> int:
     if args.output == "json":
         print(json.dumps(_status_json(listing), indent=2))
     else:
-        print(render_status(listing, now()))
+        print(render_status(listing, now(), wide=args.output == "wide"))
     return 0
 
 
@@ -97,7 +102,16 @@ def _state(sidecar: SidecarStatus) -> str:
     return sidecar.state
 
 
-def render_status(listing: SidecarList, now: datetime) -> str:
+def _certificate_columns(s: SidecarStatus) -> list[str]:
+    return [
+        s.identity or "-",
+        "yes" if s.identity_verified else "no",
+        s.certificate_serial or "-",
+        format_time(s.certificate_not_after) if s.certificate_not_after else "-",
+    ]
+
+
+def render_status(listing: SidecarList, now: datetime, *, wide: bool = False) -> str:
     rows = [
         [
             s.service or "-",
@@ -110,13 +124,16 @@ def render_status(listing: SidecarList, now: datetime) -> str:
             "yes" if s.connected else "no",
             format_age(s.last_seen, now),
             _state(s),
+            *(_certificate_columns(s) if wide else []),
         ]
         for s in _sorted(listing.sidecars)
     ]
-    headers = (
+    headers: tuple[str, ...] = (
         "SERVICE", "NAMESPACE", "NODE", "ADDRESS", "LABELS", "APPLIED", "REVISION", "CONNECTED",
         "LAST SEEN", "STATE",
     )  # fmt: skip
+    if wide:
+        headers += ("IDENTITY", "VERIFIED", "CERT SERIAL", "CERT NOT AFTER")
     parts = [format_table(headers, rows)] if rows else []
     parts.append(summary(listing))
     return "\n".join(parts)

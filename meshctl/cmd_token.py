@@ -1,8 +1,10 @@
-"""``meshctl token create``: mint a bearer token for the control plane's APIs.
+"""``meshctl token create``: mint a bearer token for the control plane's APIs, or a join token.
 
 The token is signed with the control plane's API signing key (``api-signing-key.pem`` in its data
 dir, created when the control plane first starts) and printed on stdout, so
-``export MESHCTL_TOKEN=$(meshctl token create --role admin --data-dir DIR)`` works.
+``export MESHCTL_TOKEN=$(meshctl token create --role admin --data-dir DIR)`` works. With
+``--service`` (and ``--namespace``) instead of ``--role`` it is a join token: what a sidecar shows
+the CA to get its first certificate, for that workload's identity only (control_plane.join_tokens).
 
 Exit codes: 0 printed, 1 no usable signing key, 2 bad arguments.
 """
@@ -26,6 +28,7 @@ from control_plane.auth import (
     mint_token,
     utc_now,
 )
+from control_plane.join_tokens import mint_join_token
 from control_plane.policy.fields import parse_duration
 
 
@@ -57,11 +60,18 @@ def register(subparsers: Any, *, clock: Clock = utc_now) -> None:
         help="mint a token and print it",
         description="Sign a token with the control plane's API signing key and print it on stdout.",
     )
-    create.add_argument(
+    kind = create.add_mutually_exclusive_group(required=True)
+    kind.add_argument(
         "--role",
-        required=True,
         choices=[role.value for role in Role],
-        help="read: get, list, history, status; admin: everything",
+        help="an API token: read (get, list, history, status) or admin (everything)",
+    )
+    kind.add_argument(
+        "--service",
+        help="a join token for this service's sidecars: their first certificate names this service",
+    )
+    create.add_argument(
+        "--namespace", default="default", help="the join token's namespace (default: %(default)s)"
     )
     create.add_argument(
         "--ttl",
@@ -69,7 +79,7 @@ def register(subparsers: Any, *, clock: Clock = utc_now) -> None:
         default=DEFAULT_TTL,
         help=f"how long the token is valid, e.g. 30m, 1h, 7d; at most {MAX_TTL.days}d (default: 1h)",
     )
-    create.add_argument("--subject", default="meshctl", help="who the token is for (default: %(default)s)")
+    create.add_argument("--subject", default="meshctl", help="who an API token is for (default: %(default)s)")
     create.add_argument(
         "--data-dir", required=True, type=Path, help="the control plane's data dir (holds the signing key)"
     )
@@ -85,5 +95,15 @@ def _run_create(args: argparse.Namespace, *, clock: Clock) -> int:
     except SigningKeyError as exc:
         print(f"meshctl token create: {exc}", file=sys.stderr)
         return 1
-    print(mint_token(key, role=Role(args.role), subject=args.subject, ttl=args.ttl, now=clock()))
+    if args.service is not None:
+        try:
+            token = mint_join_token(
+                key, namespace=args.namespace, service=args.service, ttl=args.ttl, now=clock()
+            )
+        except ValueError as exc:
+            print(f"meshctl token create: {exc}", file=sys.stderr)
+            return 2
+    else:
+        token = mint_token(key, role=Role(args.role), subject=args.subject, ttl=args.ttl, now=clock())
+    print(token)
     return 0

@@ -51,8 +51,21 @@ def _stamp(when: float) -> str:
 
 def format_line(entry: _Entry) -> str:
     """One JSON object on one line (built by hand: json.dumps of a dict cost twice as much)."""
-    (when, headers, direction, source, destination, method, status, millis, sent, received, upstream, flags,
-     attempts) = entry
+    (
+        when,
+        headers,
+        direction,
+        source,
+        destination,
+        method,
+        status,
+        millis,
+        sent,
+        received,
+        upstream,
+        flags,
+        attempts,
+    ) = entry
     flag_list = ",".join(f'"{flag}"' for flag in flags.split(",")) if flags else ""
     return (
         f'{{"time":"{_stamp(when)}","trace_id":{_quote(trace_id_of(headers))},"direction":"{direction}",'

@@ -6,19 +6,25 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import os
 import random
 import ssl
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+from mesh.v1.discovery_pb2 import IdentityProof
 
+from control_plane.pki import SigningKey
 from sidecar import tls
 from sidecar.access_log import AccessLog
 from sidecar.admin import AdminViews, build_admin_app
 from sidecar.authz import NO_AUTHZ, Authz
 from sidecar.call import Handler
-from sidecar.certs import CertInfo
+from sidecar.certs import CertInfo, IssuedCertInfo
 from sidecar.chain import build_inbound, build_outbound
 from sidecar.clusters import ClusterStates
 from sidecar.config import Address, Policy, SidecarConfig
@@ -41,6 +47,7 @@ from sidecar.traffic import NO_TRAFFIC, Traffic
 if TYPE_CHECKING:
     from sidecar.app_health import AppHealthWatcher
     from sidecar.discovery import Backoff, Discovered, DiscoveryClient
+    from sidecar.identity import WorkloadIdentity
 
 log = logging.getLogger(__name__)
 
@@ -99,11 +106,12 @@ class Sidecar:
         self.limits = Limits(
             max_concurrent_streams=config.max_concurrent_streams, max_message_bytes=config.max_message_bytes
         )
-        client_ssl = server_ssl = None
+        client_ssl = None
+        self._server_ssl: tls.SwappableServerContext | None = None
         if config.tls is not None:
             client_ssl = tls.client_context(config.tls.cert, config.tls.key, config.tls.ca)
             server_ssl = tls.server_context(config.tls.cert, config.tls.key, config.tls.ca)
-        self._server_ssl = server_ssl
+            self._server_ssl = tls.SwappableServerContext(server_ssl)
         self.pools = Pools(self.limits, client_ssl)
         # Outlier, breaker and connection-pool state per destination cluster, across snapshots.
         self.health_checkers = HealthCheckers(self.pools)
@@ -112,11 +120,24 @@ class Sidecar:
         self.jwks = JwksStore()  # the JWKS the RequestAuthentications name, kept fresh off the call path
         self.identity = ""
         self.node_id = node_id or ""
+        # With a join token, the certificate comes from the control plane's CA (at start()).
+        self.workload: WorkloadIdentity | None = None
+        self._file_identity: tuple[bytes, SigningKey] | None = None  # (chain PEM, key) from tls files
+        self._reported_serial = 0
         if config.control_plane is not None:
             from sidecar.discovery import default_node_id, identity_of
 
-            assert config.tls is not None  # the config requires it with a control plane
-            self.identity = identity_of(config.tls.cert)  # ValueError: no usable SPIFFE ID
+            if config.join_token is not None:
+                from sidecar.identity import WorkloadIdentity
+
+                token = config.join_token.read(os.environ)  # ConfigError: none there
+                self.workload = WorkloadIdentity(
+                    str(config.control_plane), token, self._rotate, rand=self.random
+                )
+            else:
+                assert config.tls is not None  # the config requires one or the other
+                self.identity = identity_of(config.tls.cert)  # ValueError: no usable SPIFFE ID
+                self._file_identity = _load_file_identity(config.tls.cert, config.tls.key)
             self.node_id = node_id or default_node_id(config.service)
         self.limiter = _limiter(config, self.stats)  # its buckets outlive snapshots
         # Static mode starts on its file; with a control plane, on nothing until the first push.
@@ -131,14 +152,22 @@ class Sidecar:
             config_version=lambda: self.snapshot.version,
             services=lambda: self.snapshot.config.services,
             discovery=lambda: self.discovery,
-            cert=config.tls.cert if config.tls is not None else None,
             clusters=self.cluster_states,
+            cert=self.workload.not_after
+            if self.workload is not None
+            else config.tls.cert
+            if config.tls is not None
+            else None,
         )
         self.metrics.registry.register(RateLimitCollector(self.limiter))
         self.stats.sections["rate_limits"] = lambda: self.limiter.status(self.snapshot.ratelimits)
         self.app_health: AppHealthWatcher | None = None
         self.access_log = AccessLog(config.access_log) if config.access_log is not None else None
-        self.certs = CertInfo(config.tls.cert, config.tls.ca) if config.tls is not None else None
+        self.certs: CertInfo | IssuedCertInfo | None = None
+        if self.workload is not None:
+            self.certs = IssuedCertInfo(self.workload)
+        elif config.tls is not None:
+            self.certs = CertInfo(config.tls.cert, config.tls.ca)
         self._backoff = backoff
         self._servers: list[asyncio.Server | InboundListener] = []
         self._relays: list[Relay] = []
@@ -195,9 +224,37 @@ class Sidecar:
             jwt_authn,
         )
 
+    def _rotate(self, server_ssl: ssl.SSLContext, client_ssl: ssl.SSLContext) -> None:
+        """A new certificate or trust bundle from the CA: new connections, both ways, use it;
+        connections already open finish their calls (the outbound ones drain)."""
+        if self._server_ssl is None:
+            self._server_ssl = tls.SwappableServerContext(server_ssl)
+        else:
+            self._server_ssl.swap(server_ssl)
+        self.pools.renew(client_ssl)
+        issued = self.workload.issued if self.workload is not None else None
+        if issued is not None and issued.leaf.serial_number != self._reported_serial:
+            self._reported_serial = issued.leaf.serial_number
+            if self.discovery is not None:
+                self.discovery.report_certificate()
+
+    def _prove(self) -> IdentityProof | None:
+        """Proof of this sidecar's identity for the control plane (its certificate and key)."""
+        from sidecar.identity import identity_proof
+
+        now = datetime.now(UTC)
+        if self.workload is not None and self.workload.issued is not None:
+            issued = self.workload.issued
+            return identity_proof(issued.presented_pem, issued.key, self.node_id, now)
+        if self._file_identity is not None:
+            return identity_proof(*self._file_identity, self.node_id, now)
+        return None
+
     def apply(self, discovered: Discovered) -> None:
         """Swap in a pushed snapshot (already validated): new chains over the new services.
         Calls in flight keep the handler they started with."""
+        if self.workload is not None:
+            self.workload.set_trust(discovered.trust_roots, discovered.signing_ca)
         current = self.snapshot
         if (
             current.version
@@ -242,20 +299,20 @@ class Sidecar:
         assert handler is not None
         return handler
 
-    def _inbound_ssl(self) -> ssl.SSLContext:
-        """The server context in force, read per accepted connection (so a swapped one applies to
-        the next connection)."""
-        assert self._server_ssl is not None  # the config requires tls with an inbound listener
-        return self._server_ssl
-
     def _inbound(self) -> Handler:
         handler = self.snapshot.inbound
         assert handler is not None
         return handler
 
     async def start(self) -> dict[str, str]:
+        """Listen (after getting the first certificate from the CA, with a join token) and
+        connect to the control plane. Raises OSError (cannot listen) or CertificateUnavailable."""
         loop = asyncio.get_running_loop()
         cfg = self.config
+        if self.workload is not None:
+            await self.workload.bootstrap()
+            self.identity = self.workload.spiffe_id
+            self.workload.start()
         if cfg.outbound is not None:
             relay = Relay(
                 "outbound",
@@ -287,9 +344,11 @@ class Sidecar:
                 access_log=self.access_log,
                 tracer=self.tracer,
             )
+            server_ssl = self._server_ssl
+            assert server_ssl is not None  # the config requires certificates with an inbound listener
             listener = InboundListener(
                 relay.protocol,
-                self._inbound_ssl,
+                lambda: server_ssl.current,  # each handshake: the certificate in force (rotation)
                 lambda: self.snapshot.peer_authn.plaintext_allowed,
                 self.stats,
             )
@@ -315,7 +374,9 @@ class Sidecar:
 
         hello = hello_for(self.config, self.addresses, identity=self.identity, node_id=self.node_id)
         apply = self.metrics.counting(self.apply)
-        self.discovery = DiscoveryClient(str(control_plane), hello, apply, backoff=self._backoff)
+        self.discovery = DiscoveryClient(
+            str(control_plane), hello, apply, backoff=self._backoff, prove=self._prove
+        )
         self.discovery.start()
         if self.config.inbound is not None and self.config.app is not None:
             from sidecar.app_health import AppHealthWatcher
@@ -369,6 +430,8 @@ class Sidecar:
             self._cluster_timer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._cluster_timer
+        if self.workload is not None:
+            await self.workload.stop()
         await self.pools.close()
         await self.limiter.close()
         await self.jwks.close()
@@ -417,6 +480,8 @@ class Sidecar:
                 {
                     "address": str(pool.address),
                     "secure": pool.ssl_context is not None,
+                    "expected_identity": pool.expected_identity,
+                    "identity_mismatches": pool.identity_mismatches,
                     "services": names,
                     "labels": labels,
                     "connections": len(pool.connections),
@@ -457,6 +522,19 @@ def _limiter(config: SidecarConfig, stats: Stats) -> RateLimiter:
 def _plaintext(conn: H2Connection) -> bool:
     transport = conn.transport
     return transport is not None and transport.get_extra_info("ssl_object") is None
+
+
+def _load_file_identity(cert: Path, key: Path) -> tuple[bytes, SigningKey] | None:
+    """The certificate chain and key of tls files, to prove the identity to the control plane;
+    None when the key is not one that can sign a proof."""
+    try:
+        loaded = serialization.load_pem_private_key(key.read_bytes(), password=None)
+        chain = cert.read_bytes()
+    except (OSError, ValueError, TypeError):
+        return None
+    if not isinstance(loaded, ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey | ed25519.Ed25519PrivateKey):
+        return None
+    return chain, loaded
 
 
 def _bound(server: Any) -> str:

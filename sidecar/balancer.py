@@ -174,7 +174,7 @@ def picker_for(
     targets = [
         Target(
             service,
-            pools.get(ep.address, secure=True),
+            pools.get(ep.address, secure=True, identity=ep.identity),
             service.encode(),
             b"https",
             None if state is None else state.reporter(address),

@@ -1,5 +1,6 @@
-"""What /certs shows: the sidecar's certificate and its trust bundle, read once and again only
-when a file changes (its mtime or size)."""
+"""What /certs shows: the sidecar's certificate and its trust bundle. From files (`CertInfo`:
+read once and again only when a file changes, its mtime or size), or as the control plane's CA
+issued them (`IssuedCertInfo`: the certificate in memory, its renewal time and count)."""
 
 from __future__ import annotations
 
@@ -7,8 +8,14 @@ import contextlib
 import time
 from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from cryptography import x509
+
+from control_plane.ca_source import fingerprint
+
+if TYPE_CHECKING:
+    from sidecar.identity import WorkloadIdentity
 
 
 def _stamp(when: datetime) -> str:
@@ -23,6 +30,58 @@ def _spiffe_ids(cert: x509.Certificate) -> list[str]:
     return [
         uri for uri in san.get_values_for_type(x509.UniformResourceIdentifier) if uri.startswith("spiffe://")
     ]
+
+
+def describe(cert: x509.Certificate) -> dict[str, object]:
+    ids = _spiffe_ids(cert)
+    return {
+        "serial": format(cert.serial_number, "x"),
+        "spiffe_id": ids[0] if len(ids) == 1 else "",
+        "subject": cert.subject.rfc4514_string(),
+        "issuer": cert.issuer.rfc4514_string(),
+        "not_before": _stamp(cert.not_valid_before_utc),
+        "not_after": _stamp(cert.not_valid_after_utc),
+    }
+
+
+def describe_bundle(certs: list[x509.Certificate] | tuple[x509.Certificate, ...]) -> list[dict[str, object]]:
+    return [
+        {
+            "subject": ca.subject.rfc4514_string(),
+            "serial": format(ca.serial_number, "x"),
+            "not_after": _stamp(ca.not_valid_after_utc),
+        }
+        for ca in certs
+    ]
+
+
+class IssuedCertInfo:
+    def __init__(self, identity: WorkloadIdentity) -> None:
+        self.identity = identity
+
+    def as_json(self) -> dict[str, object]:
+        identity = self.identity
+        issued = identity.issued
+        certificate: dict[str, object] = {"source": f"control plane CA at {identity.target}"}
+        if issued is not None:
+            certificate.update(describe(issued.leaf))
+            certificate["seconds_left"] = round(issued.leaf.not_valid_after_utc.timestamp() - time.time(), 1)
+            certificate["chain_length"] = len(issued.chain)
+            if issued.issuer is not None:
+                certificate["issuer_sha256"] = fingerprint(issued.issuer)
+        if identity.renew_at is not None:
+            certificate["renew_at"] = _stamp(identity.renew_at)
+        certificate["renewals"] = identity.renewals
+        out: dict[str, object] = {
+            "certificate": certificate,
+            "trust_bundle": {
+                "source": "pushed by the control plane",
+                "certificates": describe_bundle(identity.roots),
+            },
+        }
+        if identity.last_error:
+            out["error"] = f"last renewal failed: {identity.last_error}"
+        return out
 
 
 class CertInfo:
@@ -54,26 +113,9 @@ class CertInfo:
         self._error = ""
         try:
             cert = x509.load_pem_x509_certificate(self.cert_path.read_bytes())
-            ids = _spiffe_ids(cert)
-            self._cert = {
-                "path": str(self.cert_path),
-                "serial": format(cert.serial_number, "x"),
-                "spiffe_id": ids[0] if len(ids) == 1 else "",
-                "subject": cert.subject.rfc4514_string(),
-                "issuer": cert.issuer.rfc4514_string(),
-                "not_before": _stamp(cert.not_valid_before_utc),
-                "not_after": _stamp(cert.not_valid_after_utc),
-            }
+            self._cert = {"path": str(self.cert_path), **describe(cert)}
             self._cert_not_after = cert.not_valid_after_utc
-            bundle = x509.load_pem_x509_certificates(self.ca_path.read_bytes())
-            self._bundle = [
-                {
-                    "subject": ca.subject.rfc4514_string(),
-                    "serial": format(ca.serial_number, "x"),
-                    "not_after": _stamp(ca.not_valid_after_utc),
-                }
-                for ca in bundle
-            ]
+            self._bundle = describe_bundle(x509.load_pem_x509_certificates(self.ca_path.read_bytes()))
         except (OSError, ValueError) as exc:
             self._error = f"cannot read the certificates: {exc}"
 

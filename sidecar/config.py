@@ -4,7 +4,10 @@ Two modes. Static (no control plane): the file lists the services this sidecar c
 endpoints; it stays useful for tests and for running a sidecar alone. With `control_plane:`, the
 services come from the control plane's snapshots instead (and `services:` must be absent); the
 file then says what this instance serves (`grpc_services:`) and, optionally, what it calls
-(`dependencies:`, default: every service). Errors name the field path and the reason.
+(`dependencies:`, default: every service). With a control plane, the certificate comes either
+from files (`tls:`) or from the control plane's CA: `join_token: {file: PATH}` or
+`join_token: {env: NAME}` names the join token that gets the first one, and `tls:` is then
+absent. Errors name the field path and the reason.
 
 `rate_limits:` says where GLOBAL rate limits keep their shared buckets (`redis: host:port`,
 `timeout_seconds`, `retry_seconds`); in static mode it can also hold RateLimitPolicies
@@ -14,6 +17,7 @@ file then says what this instance serves (`grpc_services:`) and, optionally, wha
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -99,6 +103,34 @@ class RateLimitSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class JoinToken:
+    """Where the join token is: a file, or an environment variable (read when the sidecar starts)."""
+
+    file: Path | None = None
+    env: str | None = None
+
+    def read(self, environ: Mapping[str, str]) -> str:
+        """The token; ConfigError naming the field when it is missing or empty."""
+        if self.file is not None:
+            try:
+                token = self.file.read_text().strip()
+            except OSError as exc:
+                raise ConfigError(
+                    "join_token.file", f"cannot read {self.file}: {exc.strerror or exc}"
+                ) from None
+            field_path = "join_token.file"
+        else:
+            assert self.env is not None
+            token = environ.get(self.env, "").strip()
+            field_path = "join_token.env"
+        if not token:
+            raise ConfigError(
+                field_path, "the join token is empty or missing (meshctl token create --service ...)"
+            )
+        return token
+
+
+@dataclass(frozen=True, slots=True)
 class SidecarConfig:
     service: str
     namespace: str
@@ -125,6 +157,7 @@ class SidecarConfig:
     # The gRPC admin service (sidecar.admin_grpc); None: off. Default: the admin host at the admin
     # port + ADMIN_GRPC_OFFSET (port 0 when the admin port is 0).
     admin_grpc: Address | None = None
+    join_token: JoinToken | None = None  # with a control plane: certificates from its CA
 
 
 _TOP_FIELDS = {
@@ -147,6 +180,7 @@ _TOP_FIELDS = {
     "retry_budget",
     "retry_throttling",
     "retry_buffer_bytes",
+    "join_token",
 }
 
 
@@ -318,6 +352,25 @@ def _admin_grpc(value: object, admin: Address, others: tuple[Address | None, ...
     return Address(admin.host, port)
 
 
+def _join_token(value: object, base_dir: Path) -> JoinToken:
+    spec = _mapping(value, "join_token")
+    _known(spec, {"file", "env"}, "join_token")
+    if ("file" in spec) == ("env" in spec):
+        raise ConfigError("join_token", "give exactly one of file (a path) or env (a variable name)")
+    if "file" in spec:
+        path = spec["file"]
+        if not isinstance(path, str) or not path:
+            raise ConfigError("join_token.file", f"expected a file path, got {path!r}")
+        file = (base_dir / path) if not Path(path).is_absolute() else Path(path)
+        if not file.is_file():
+            raise ConfigError("join_token.file", f"file not found: {path}")
+        return JoinToken(file=file)
+    env = spec["env"]
+    if not isinstance(env, str) or not env or "=" in env:
+        raise ConfigError("join_token.env", f"expected an environment variable name, got {env!r}")
+    return JoinToken(env=env)
+
+
 def parse_config(raw: object, base_dir: Path = Path()) -> SidecarConfig:
     top = _mapping(raw, "config")
     _known(top, _TOP_FIELDS, "")
@@ -352,8 +405,18 @@ def parse_config(raw: object, base_dir: Path = Path()) -> SidecarConfig:
                 raise ConfigError(f"tls.{key}", f"file not found: {value}")
             paths[key] = file
         tls = TlsFiles(paths["cert"], paths["key"], paths["ca"])
-    if inbound is not None and tls is None:
-        raise ConfigError("tls", "required when listeners.inbound is set (inbound is mutual TLS)")
+    join_token = _join_token(top["join_token"], base_dir) if top.get("join_token") is not None else None
+    if join_token is not None:
+        if top.get("control_plane") is None:
+            raise ConfigError("join_token", "only used with control_plane (its CA issues the certificate)")
+        if tls is not None:
+            raise ConfigError(
+                "tls", "not allowed with join_token: the certificate comes from the control plane"
+            )
+    if inbound is not None and tls is None and join_token is None:
+        raise ConfigError(
+            "tls", "required when listeners.inbound is set (inbound is mutual TLS), or join_token"
+        )
     control_plane: Address | None = None
     grpc_services: tuple[str, ...] = ()
     dependencies: tuple[str, ...] = ()
@@ -366,8 +429,12 @@ def parse_config(raw: object, base_dir: Path = Path()) -> SidecarConfig:
                 "services",
                 "not allowed with control_plane: services and endpoints come from the control plane",
             )
-        if tls is None:
-            raise ConfigError("tls", "required with control_plane (the sidecar's identity and mutual TLS)")
+        if tls is None and join_token is None:
+            raise ConfigError(
+                "tls",
+                "required with control_plane (the sidecar's identity and mutual TLS), "
+                "unless join_token gets the certificate from the control plane's CA",
+            )
         grpc_services = _grpc_services(top.get("grpc_services", []), "grpc_services")
         deps = top.get("dependencies", [])
         if not isinstance(deps, list):
@@ -407,6 +474,7 @@ def parse_config(raw: object, base_dir: Path = Path()) -> SidecarConfig:
         rate_limits=_rate_limits(top.get("rate_limits"), namespace, control_plane is None),
         retries=_retry_limits(top),
         admin_grpc=admin_grpc,
+        join_token=join_token,
     )
 
 

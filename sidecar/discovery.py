@@ -22,8 +22,9 @@ grpc.aio runs on the sidecar's own event loop, uvloop included: the client is a 
 beside the relay, nothing crosses threads. (Measured: a Hello/snapshot round trip over loopback
 takes ~150 µs on uvloop, ~130 µs on the default loop.)
 
-The stream is plaintext for now; identity and mutual TLS towards the control plane come with the
-certificate issue (issue 4).
+Each snapshot carries the CA's trust bundle and signing certificate's fingerprint; a sidecar with
+a CA-issued certificate trusts exactly those roots (sidecar.identity). The stream itself is
+plaintext: the control plane's gRPC port must stay on the hosts that run sidecars.
 """
 
 from __future__ import annotations
@@ -40,9 +41,11 @@ from pathlib import Path
 from typing import Any, TypeAlias
 
 import grpc
+from cryptography import x509
 from google.protobuf import json_format
 from mesh.v1 import discovery_pb2, discovery_pb2_grpc
 
+from control_plane.pki import is_ca
 from control_plane.resources import KINDS
 from control_plane.spiffe import spiffe_id_of
 from sidecar import wire_checks
@@ -88,6 +91,9 @@ class Discovered:
     peer_authn: PeerAuthn = DEFAULT_PEER_AUTHN
     # the RequestAuthentications among `policies`, compiled (sidecar.jwt_authn)
     jwt_authn: JwtAuthn = NO_JWT_AUTHN
+    # the CA's trust bundle (PEM roots) and its signing certificate's fingerprint
+    trust_roots: tuple[str, ...] = ()
+    signing_ca: str = ""
 
 
 # ---------------------------------------------------------------------------- from_proto
@@ -180,6 +186,15 @@ def _from_proto(snapshot: discovery_pb2.Snapshot) -> Discovered:
     ratelimits = compile_ratelimits(policies)  # PolicyRejected: a limit the sidecar cannot use
     peer_authn = compile_peer_authentication(policies)  # PolicyRejected: an unknown mode
     jwt_authn = compile_jwt_authn(policies)  # PolicyRejected: a JWT rule the sidecar cannot use
+    for i, pem in enumerate(snapshot.trust_roots):
+        try:
+            root = x509.load_pem_x509_certificate(pem.encode())
+        except ValueError as exc:
+            raise SnapshotRejected(f"trust_roots[{i}]", f"not a PEM certificate: {exc}") from None
+        if not is_ca(root):
+            raise SnapshotRejected(f"trust_roots[{i}]", "not a CA certificate (basicConstraints CA:true)")
+    if snapshot.signing_ca and (len(snapshot.signing_ca) != 64 or not _is_hex(snapshot.signing_ca)):
+        raise SnapshotRejected("signing_ca", "expected a SHA-256 fingerprint (64 hex digits)")
     return Discovered(
         snapshot.version,
         snapshot.store_revision,
@@ -191,7 +206,13 @@ def _from_proto(snapshot: discovery_pb2.Snapshot) -> Discovered:
         ratelimits,
         peer_authn,
         jwt_authn,
+        tuple(snapshot.trust_roots),
+        snapshot.signing_ca,
     )
+
+
+def _is_hex(text: str) -> bool:
+    return all(c in "0123456789abcdef" for c in text)
 
 
 # ---------------------------------------------------------------------------- hello
@@ -199,8 +220,6 @@ def _from_proto(snapshot: discovery_pb2.Snapshot) -> Discovered:
 
 def identity_of(cert: Path) -> str:
     """The SPIFFE ID in the sidecar's certificate; ValueError if it has none usable."""
-    from cryptography import x509
-
     return spiffe_id_of(x509.load_pem_x509_certificate(cert.read_bytes())).uri
 
 
@@ -302,7 +321,8 @@ class DiscoveryClient:
 
     `apply(discovered)` swaps the sidecar's snapshot; if it raises, the version is Nacked with
     the error. `sleep` (the backoff wait), `backoff`, `keepalive` and `channel_factory` (called
-    with the target and the channel options) are injectable for tests."""
+    with the target and the channel options) are injectable for tests. `prove`, when given, makes
+    the identity proof each Hello carries (control_plane.discovery_auth)."""
 
     def __init__(
         self,
@@ -314,9 +334,11 @@ class DiscoveryClient:
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         keepalive: Keepalive | None = None,
         channel_factory: ChannelFactory = insecure_channel,
+        prove: Callable[[], discovery_pb2.IdentityProof | None] | None = None,
     ) -> None:
         self.target = target
         self.hello = hello
+        self._prove = prove
         self._apply = apply
         self.backoff = backoff if backoff is not None else Backoff()
         self._sleep = sleep
@@ -354,6 +376,13 @@ class DiscoveryClient:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+
+    def report_certificate(self) -> None:
+        """The sidecar's certificate was renewed: prove the new one on the open stream (a new
+        stream's Hello carries it anyway)."""
+        proof = self._prove() if self._prove is not None else None
+        if proof is not None and self._outbox is not None:
+            self._outbox.put_nowait(Request(certificate=proof))
 
     def report_health(self, serving: bool) -> None:
         """The local app's health is known or changed: tell the control plane now, and again
@@ -394,7 +423,13 @@ class DiscoveryClient:
 
     async def _stream(self) -> None:
         outbox: asyncio.Queue[Request | None] = asyncio.Queue()
-        outbox.put_nowait(Request(hello=self.hello))
+        hello = self.hello
+        proof = self._prove() if self._prove is not None else None
+        if proof is not None:  # made fresh for each stream: it carries the time
+            hello = discovery_pb2.Hello()
+            hello.CopyFrom(self.hello)
+            hello.proof.CopyFrom(proof)
+        outbox.put_nowait(Request(hello=hello))
         if self.serving is not None:
             outbox.put_nowait(Request(health=discovery_pb2.HealthReport(serving=self.serving)))
         channel = self._channel_factory(self.target, self.keepalive.channel_options())

@@ -257,7 +257,7 @@ class MeshState:
     config_version: Callable[[], str]
     discovery: Callable[[], Any] = lambda: None  # the DiscoveryClient, when there is one
     applies: Callable[[], tuple[int, int]] = lambda: (0, 0)  # (snapshots applied, refused by apply)
-    cert_not_after: datetime | None = None
+    cert_not_after: Callable[[], datetime | None] = lambda: None
 
 
 class MeshCollector(Collector):
@@ -314,11 +314,12 @@ class MeshCollector(Collector):
                 "1 when the last snapshot received was refused (Nacked), whatever the reason.",
                 value=0 if discovery.last_nack is None else 1,
             )
-        if state.cert_not_after is not None:
+        not_after = state.cert_not_after()
+        if not_after is not None:
             yield GaugeMetricFamily(
                 "grpc_mesh_certificate_expiry_seconds",
                 "Seconds until the sidecar's workload certificate expires.",
-                value=state.cert_not_after.timestamp() - time.time(),
+                value=not_after.timestamp() - time.time(),
             )
 
 
@@ -372,7 +373,7 @@ class SidecarMetrics:
         config_version: Callable[[], str],
         services: Callable[[], Mapping[str, ServiceEntry]],
         discovery: Callable[[], Any],
-        cert: Path | None,
+        cert: Path | Callable[[], datetime | None] | None,
         clusters: ClusterStates | None = None,
     ) -> None:
         self.registry = CollectorRegistry(auto_describe=False)
@@ -380,10 +381,12 @@ class SidecarMetrics:
         self.calls.services = services
         self.applied = 0
         self.apply_failed = 0
-        not_after = None
-        if cert is not None:
+        # A file is read once; a certificate from the CA is asked for at each scrape (it rotates).
+        expiry: datetime | None = None
+        if isinstance(cert, Path):
             with contextlib.suppress(OSError, ValueError):
-                not_after = x509.load_pem_x509_certificate(cert.read_bytes()).not_valid_after_utc
+                expiry = x509.load_pem_x509_certificate(cert.read_bytes()).not_valid_after_utc
+        not_after: Callable[[], datetime | None] = cert if callable(cert) else (lambda: expiry)
         state = MeshState(
             stats,
             config_version,

@@ -37,8 +37,12 @@ class UpstreamPool:
         limits: Limits,
         max_connections: int = 4,
         connect_timeout: float = 5.0,
+        expected_identity: str = "",
     ) -> None:
         self.address = address
+        # Secure naming: the SPIFFE ID the peer's certificate must carry ("" = any from the mesh CA).
+        self.expected_identity = expected_identity
+        self.identity_mismatches = 0
         self.ssl_context = ssl_context
         self.limits = limits
         self.max_connections = max_connections
@@ -102,6 +106,18 @@ class UpstreamPool:
                 self._fail_waiting()
                 return
             conn.peer_identity = tls.peer_spiffe_id(ssl_object)
+            if self.expected_identity and conn.peer_identity != self.expected_identity:
+                # The certificate is from the mesh CA, but not the workload this address should be.
+                self.identity_mismatches += 1
+                log.warning(
+                    "upstream %s presented %s, expected %s (secure naming); connection refused",
+                    self.address,
+                    conn.peer_identity or "no SPIFFE ID",
+                    self.expected_identity,
+                )
+                conn.abort()
+                self._fail_waiting()
+                return
         if self._closed:
             conn.drain()
             self._fail_waiting()
@@ -146,6 +162,16 @@ class UpstreamPool:
         if self._waiting and not self._closed:
             self._drain_waiting()
 
+    def renew(self, ssl_context: ssl.SSLContext) -> None:
+        """A new certificate or trust bundle: new connections use `ssl_context`; the open ones
+        stop taking calls and drain (GOAWAY), so the calls on them finish where they are."""
+        self.ssl_context = ssl_context
+        old, self.connections = self.connections, []
+        for conn in old:
+            conn.drain()
+        if self._waiting and not self._closed:
+            self._drain_waiting()
+
     async def close(self) -> None:
         self._closed = True
         self._fail_waiting()
@@ -163,14 +189,23 @@ class Pools:
         self._pools: dict[tuple[Address, bool], UpstreamPool] = {}
         self._closing: set[asyncio.Task[None]] = set()
 
-    def get(self, address: Address, *, secure: bool) -> UpstreamPool:
+    def get(self, address: Address, *, secure: bool, identity: str = "") -> UpstreamPool:
+        """The pool for `address`; for a secure one, `identity` (when known) is the SPIFFE ID
+        the peer must present (secure naming), following what the latest snapshot says."""
         key = (address, secure)
         pool = self._pools.get(key)
         if pool is None:
             if secure and self.client_ssl is None:
                 raise ValueError("mutual TLS to other sidecars needs tls certificates")
-            pool = UpstreamPool(address, ssl_context=self.client_ssl if secure else None, limits=self.limits)
+            pool = UpstreamPool(
+                address,
+                ssl_context=self.client_ssl if secure else None,
+                limits=self.limits,
+                expected_identity=identity if secure else "",
+            )
             self._pools[key] = pool
+        elif secure and identity and pool.expected_identity != identity:
+            pool.expected_identity = identity  # another workload at this address now: new connections only
         return pool
 
     def retire_secure(self, keep: set[Address]) -> None:
@@ -181,6 +216,13 @@ class Pools:
             task = asyncio.get_running_loop().create_task(pool.close())
             self._closing.add(task)
             task.add_done_callback(self._closing.discard)
+
+    def renew(self, client_ssl: ssl.SSLContext) -> None:
+        """Rotate the client certificate (or trust bundle) of every pool to other sidecars."""
+        self.client_ssl = client_ssl
+        for (_, secure), pool in self._pools.items():
+            if secure:
+                pool.renew(client_ssl)
 
     def all(self) -> list[UpstreamPool]:
         return list(self._pools.values())

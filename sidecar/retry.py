@@ -106,7 +106,7 @@ class Destination:
         return max(limits.min_retry_concurrency, int(self.active * limits.budget_percent / 100.0))
 
     def throttled(self) -> str | None:
-        """"throttle" while A6's tokens are at or below half of the maximum, else None."""
+        """ "throttle" while A6's tokens are at or below half of the maximum, else None."""
         maximum = self.limits.throttle_max_tokens
         if maximum is not None and self.tokens <= maximum / 2.0:
             return "throttle"

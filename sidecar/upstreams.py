@@ -21,7 +21,12 @@ class RemoteEndpoints:
         self._cycles: dict[str, Iterator[Target]] = {
             name: itertools.cycle(
                 [
-                    Target(name, pools.get(ep.address, secure=True), name.encode(), b"https")
+                    Target(
+                        name,
+                        pools.get(ep.address, secure=True, identity=ep.identity),
+                        name.encode(),
+                        b"https",
+                    )
                     for ep in entry.endpoints
                 ]
             )

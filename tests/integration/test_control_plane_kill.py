@@ -16,20 +16,16 @@ from __future__ import annotations
 
 import json
 import re
-import threading
 import time
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import grpc
 import pytest
 import yaml
 
 from control_plane.ca import CertificateAuthority
 from meshctl import procs
-from tests.support.clients import ECHO, channel
 from tests.support.control_plane_mesh import (
     KINDS,
     TRUST_DOMAIN,
@@ -43,12 +39,11 @@ from tests.support.control_plane_mesh import (
     wait_all_ready,
 )
 from tests.support.mesh import wait_for
+from tests.support.traffic import CALLS_PER_SECOND, Traffic
 
 pytestmark = pytest.mark.integration
 
 START_TIMEOUT = 30.0
-CALLS_PER_SECOND = 20
-CALL_TIMEOUT = 5.0
 # Calls made with the control plane dead: about two seconds' worth.
 CALLS_WHILE_DOWN = 2 * CALLS_PER_SECOND
 # The restarted control plane keeps its default warm-up (3 s, longer than the sidecars' longest
@@ -73,61 +68,6 @@ def virtual_service(timeout: str) -> dict[str, Any]:
             "http": [{"route": [{"destination": {"host": "echo", "subset": "v1"}}], "timeout": timeout}],
         },
     }
-
-
-@dataclass
-class Traffic:
-    """Unary echo calls through sidecar A at a steady rate, on a thread of their own."""
-
-    outbound: str
-    calls: int = 0
-    failures: list[str] = field(default_factory=list)
-    _stop: threading.Event = field(default_factory=threading.Event)
-    _lock: threading.Lock = field(default_factory=threading.Lock)
-    _thread: threading.Thread | None = None
-
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="traffic", daemon=True)
-        self._thread.start()
-
-    def stop(self) -> None:
-        """Stop calling (idempotent); returns once the call in flight, if any, has ended."""
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(CALL_TIMEOUT + 5)
-            assert not self._thread.is_alive()
-
-    def count(self) -> int:
-        with self._lock:
-            return self.calls
-
-    def failed(self) -> list[str]:
-        with self._lock:
-            return list(self.failures)
-
-    def wait_for_calls(self, total: int, timeout: float) -> None:
-        wait_for(lambda: self.count() >= total, timeout, f"{total} calls A→B")
-
-    def _run(self) -> None:
-        interval = 1 / CALLS_PER_SECOND
-        next_call = time.monotonic()
-        with channel(self.outbound, "echo") as ch:
-            unary = ch.unary_unary(ECHO + "Unary")
-            while not self._stop.is_set():
-                body = f"call {self.calls}".encode()
-                started = time.monotonic()
-                try:
-                    reply = unary(body, timeout=CALL_TIMEOUT)
-                    failure = None if reply == body else f"wrong reply {reply!r} to {body!r}"
-                except grpc.RpcError as exc:
-                    failure = f"{exc.code().name}: {exc.details()}"
-                with self._lock:
-                    self.calls += 1
-                    if failure is not None:
-                        self.failures.append(f"call at {started:.3f} ({body.decode()}): {failure}")
-                # A steady rate: the pause before the next call, cut short by stop().
-                next_call = max(next_call + interval, time.monotonic())
-                self._stop.wait(next_call - time.monotonic())
 
 
 def stored(control_plane: ControlPlaneProcess) -> dict[str, Any]:

@@ -113,6 +113,7 @@ class ControlPlaneProcess:
         warmup_ms: int | None = None,
         debounce_ms: int | None = None,
         timeout: float = READY_TIMEOUT,
+        extra_args: Sequence[str] = (),
     ) -> dict[str, Any]:
         """Start the process and wait for its ready file; returns {"grpc", "http", "pid"}. Fails if
         the process exits first (see `start_retrying` for a port that may be briefly taken)."""
@@ -126,6 +127,7 @@ class ControlPlaneProcess:
             argv += ["--warmup-ms", str(warmup_ms)]
         if debounce_ms is not None:
             argv += ["--debounce-ms", str(debounce_ms)]
+        argv += list(extra_args)
         proc = self.group.start(f"control-plane-{self.starts}", argv, ready_file, env=child_env(), cwd=REPO)
         self.proc = proc
         try:
@@ -190,6 +192,34 @@ class ControlPlaneProcess:
             assert done.returncode == 0, done.stderr
             self._tokens[role] = done.stdout.strip()
         return self._tokens[role]
+
+    def join_token(self, service: str, namespace: str = NAMESPACE) -> str:
+        """A join token for `service` from `meshctl token create --service` (minted once each)."""
+        key = f"join:{namespace}/{service}"
+        if key not in self._tokens:
+            done = subprocess.run(
+                procs.python_argv(
+                    "-m",
+                    "meshctl",
+                    "token",
+                    "create",
+                    "--service",
+                    service,
+                    "--namespace",
+                    namespace,
+                    "--data-dir",
+                    str(self.data_dir),
+                ),
+                capture_output=True,
+                text=True,
+                env=dict(os.environ, **child_env()),
+                cwd=REPO,
+                timeout=COMMAND_TIMEOUT,
+                check=False,
+            )
+            assert done.returncode == 0, done.stderr
+            self._tokens[key] = done.stdout.strip()
+        return self._tokens[key]
 
     def meshctl(self, *argv: str, stdin: str = "", token: str | None = None) -> Completed:
         """Run `python -m meshctl ARGV` against this control plane, as an operator would."""
@@ -321,7 +351,7 @@ _APP_SERVICES = {"echo": ["test.Echo"], "users": ["demo.v1.Users"]}
 def start_sidecars(
     group: procs.ProcessGroup,
     root: Path,
-    ca: CertificateAuthority,
+    ca: CertificateAuthority | Callable[[str], str],
     control_plane: str,
     specs: Iterable[SidecarSpec],
     *,
@@ -329,7 +359,9 @@ def start_sidecars(
 ) -> list[RunningSidecar]:
     """Start every app, then every sidecar, launching all before waiting for any; returns once each
     has written its ready file (a sidecar is connected to the control plane soon after, and ready
-    on /ready once its first snapshot is applied)."""
+    on /ready once its first snapshot is applied). With a CA, each sidecar gets certificate files
+    it issued; with a function (service → join token, e.g. ControlPlaneProcess.join_token), each
+    gets a join token file and its certificates from the control plane's CA."""
     specs = list(specs)
     env = child_env()
     now = datetime.now(UTC)
@@ -350,16 +382,21 @@ def start_sidecars(
     app_addresses = {name: str(app.wait_ready(timeout)["address"]) for name, app in apps.items()}
     started: list[tuple[SidecarSpec, procs.ManagedProcess]] = []
     for name, spec in zip(names, specs, strict=True):
-        identity = SpiffeId(TRUST_DOMAIN, NAMESPACE, spec.service)
-        tls = issue_workload_files(ca, identity, root / "certs" / name, now=now)
         config: dict[str, Any] = {
             "service": spec.service,
             "namespace": NAMESPACE,
             "labels": dict(spec.labels),
-            "tls": {"cert": str(tls.cert), "key": str(tls.key), "ca": str(tls.ca)},
             "control_plane": control_plane,
             "drain_seconds": 1.0,
         }
+        if isinstance(ca, CertificateAuthority):
+            identity = SpiffeId(TRUST_DOMAIN, NAMESPACE, spec.service)
+            tls = issue_workload_files(ca, identity, root / "certs" / name, now=now)
+            config["tls"] = {"cert": str(tls.cert), "key": str(tls.key), "ca": str(tls.ca)}
+        else:
+            token_file = root / f"{name}.token"
+            token_file.write_text(ca(spec.service) + "\n")
+            config["join_token"] = {"file": str(token_file)}
         if spec.app_kind is None:
             config["listeners"] = {"outbound": "127.0.0.1:0", "admin": "127.0.0.1:0"}
         else:

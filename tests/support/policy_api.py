@@ -55,6 +55,9 @@ class SidecarStub:
     admin_address: str = "127.0.0.1:15000"
     applied_revision: int = 3
     sent_revision: int = 3
+    identity_verified: bool = False
+    certificate_serial: str = ""
+    certificate_not_after: datetime | None = None
 
 
 @dataclass

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from mesh.v1 import resources_pb2 as mesh_dot_v1_dot_resources__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17mesh/v1/discovery.proto\x12\x07mesh.v1\x1a\x17mesh/v1/resources.proto\"\xa9\x01\n\x16StreamSnapshotsRequest\x12\x1f\n\x05hello\x18\x01 \x01(\x0b\x32\x0e.mesh.v1.HelloH\x00\x12\x1b\n\x03\x61\x63k\x18\x02 \x01(\x0b\x32\x0c.mesh.v1.AckH\x00\x12\x1d\n\x04nack\x18\x03 \x01(\x0b\x32\r.mesh.v1.NackH\x00\x12\'\n\x06health\x18\x04 \x01(\x0b\x32\x15.mesh.v1.HealthReportH\x00\x42\t\n\x07message\"\x86\x02\n\x05Hello\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0f\n\x07service\x18\x02 \x01(\t\x12\x11\n\tnamespace\x18\x03 \x01(\t\x12*\n\x06labels\x18\x04 \x03(\x0b\x32\x1a.mesh.v1.Hello.LabelsEntry\x12\x17\n\x0finbound_address\x18\x05 \x01(\t\x12\x10\n\x08identity\x18\x06 \x01(\t\x12\x15\n\rgrpc_services\x18\x07 \x03(\t\x12\x14\n\x0c\x64\x65pendencies\x18\x08 \x03(\t\x12\x15\n\radmin_address\x18\t \x01(\t\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x16\n\x03\x41\x63k\x12\x0f\n\x07version\x18\x01 \x01(\t\"\'\n\x04Nack\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"\x1f\n\x0cHealthReport\x12\x0f\n\x07serving\x18\x01 \x01(\x08\">\n\x17StreamSnapshotsResponse\x12#\n\x08snapshot\x18\x01 \x01(\x0b\x32\x11.mesh.v1.Snapshot\"|\n\x08Snapshot\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\x16\n\x0estore_revision\x18\x04 \x01(\x03\x12\"\n\x08services\x18\x02 \x03(\x0b\x32\x10.mesh.v1.Service\x12#\n\x08policies\x18\x03 \x03(\x0b\x32\x11.mesh.v1.Resource\"g\n\x07Service\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\tnamespace\x18\x02 \x01(\t\x12\x15\n\rgrpc_services\x18\x03 \x03(\t\x12$\n\tendpoints\x18\x04 \x03(\x0b\x32\x11.mesh.v1.Endpoint\"\x8b\x01\n\x08\x45ndpoint\x12\x0f\n\x07\x61\x64\x64ress\x18\x01 \x01(\t\x12-\n\x06labels\x18\x02 \x03(\x0b\x32\x1d.mesh.v1.Endpoint.LabelsEntry\x12\x10\n\x08identity\x18\x03 \x01(\t\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x32l\n\x10\x44iscoveryService\x12X\n\x0fStreamSnapshots\x12\x1f.mesh.v1.StreamSnapshotsRequest\x1a .mesh.v1.StreamSnapshotsResponse(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17mesh/v1/discovery.proto\x12\x07mesh.v1\x1a\x17mesh/v1/resources.proto\"\xd8\x01\n\x16StreamSnapshotsRequest\x12\x1f\n\x05hello\x18\x01 \x01(\x0b\x32\x0e.mesh.v1.HelloH\x00\x12\x1b\n\x03\x61\x63k\x18\x02 \x01(\x0b\x32\x0c.mesh.v1.AckH\x00\x12\x1d\n\x04nack\x18\x03 \x01(\x0b\x32\r.mesh.v1.NackH\x00\x12\'\n\x06health\x18\x04 \x01(\x0b\x32\x15.mesh.v1.HealthReportH\x00\x12-\n\x0b\x63\x65rtificate\x18\x05 \x01(\x0b\x32\x16.mesh.v1.IdentityProofH\x00\x42\t\n\x07message\"\xad\x02\n\x05Hello\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0f\n\x07service\x18\x02 \x01(\t\x12\x11\n\tnamespace\x18\x03 \x01(\t\x12*\n\x06labels\x18\x04 \x03(\x0b\x32\x1a.mesh.v1.Hello.LabelsEntry\x12\x17\n\x0finbound_address\x18\x05 \x01(\t\x12\x10\n\x08identity\x18\x06 \x01(\t\x12\x15\n\rgrpc_services\x18\x07 \x03(\t\x12\x14\n\x0c\x64\x65pendencies\x18\x08 \x03(\t\x12\x15\n\radmin_address\x18\t \x01(\t\x12%\n\x05proof\x18\n \x01(\x0b\x32\x16.mesh.v1.IdentityProof\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"P\n\rIdentityProof\x12\x19\n\x11\x63\x65rtificate_chain\x18\x01 \x01(\t\x12\x11\n\tunix_time\x18\x02 \x01(\x03\x12\x11\n\tsignature\x18\x03 \x01(\x0c\"\x16\n\x03\x41\x63k\x12\x0f\n\x07version\x18\x01 \x01(\t\"\'\n\x04Nack\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"\x1f\n\x0cHealthReport\x12\x0f\n\x07serving\x18\x01 \x01(\x08\">\n\x17StreamSnapshotsResponse\x12#\n\x08snapshot\x18\x01 \x01(\x0b\x32\x11.mesh.v1.Snapshot\"\xa5\x01\n\x08Snapshot\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\x16\n\x0estore_revision\x18\x04 \x01(\x03\x12\"\n\x08services\x18\x02 \x03(\x0b\x32\x10.mesh.v1.Service\x12#\n\x08policies\x18\x03 \x03(\x0b\x32\x11.mesh.v1.Resource\x12\x13\n\x0btrust_roots\x18\x05 \x03(\t\x12\x12\n\nsigning_ca\x18\x06 \x01(\t\"g\n\x07Service\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\tnamespace\x18\x02 \x01(\t\x12\x15\n\rgrpc_services\x18\x03 \x03(\t\x12$\n\tendpoints\x18\x04 \x03(\x0b\x32\x11.mesh.v1.Endpoint\"\x8b\x01\n\x08\x45ndpoint\x12\x0f\n\x07\x61\x64\x64ress\x18\x01 \x01(\t\x12-\n\x06labels\x18\x02 \x03(\x0b\x32\x1d.mesh.v1.Endpoint.LabelsEntry\x12\x10\n\x08identity\x18\x03 \x01(\t\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x32l\n\x10\x44iscoveryService\x12X\n\x0fStreamSnapshots\x12\x1f.mesh.v1.StreamSnapshotsRequest\x1a .mesh.v1.StreamSnapshotsResponse(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,27 +37,29 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ENDPOINT_LABELSENTRY']._loaded_options = None
   _globals['_ENDPOINT_LABELSENTRY']._serialized_options = b'8\001'
   _globals['_STREAMSNAPSHOTSREQUEST']._serialized_start=62
-  _globals['_STREAMSNAPSHOTSREQUEST']._serialized_end=231
-  _globals['_HELLO']._serialized_start=234
-  _globals['_HELLO']._serialized_end=496
-  _globals['_HELLO_LABELSENTRY']._serialized_start=451
-  _globals['_HELLO_LABELSENTRY']._serialized_end=496
-  _globals['_ACK']._serialized_start=498
-  _globals['_ACK']._serialized_end=520
-  _globals['_NACK']._serialized_start=522
-  _globals['_NACK']._serialized_end=561
-  _globals['_HEALTHREPORT']._serialized_start=563
-  _globals['_HEALTHREPORT']._serialized_end=594
-  _globals['_STREAMSNAPSHOTSRESPONSE']._serialized_start=596
-  _globals['_STREAMSNAPSHOTSRESPONSE']._serialized_end=658
-  _globals['_SNAPSHOT']._serialized_start=660
-  _globals['_SNAPSHOT']._serialized_end=784
-  _globals['_SERVICE']._serialized_start=786
-  _globals['_SERVICE']._serialized_end=889
-  _globals['_ENDPOINT']._serialized_start=892
-  _globals['_ENDPOINT']._serialized_end=1031
-  _globals['_ENDPOINT_LABELSENTRY']._serialized_start=451
-  _globals['_ENDPOINT_LABELSENTRY']._serialized_end=496
-  _globals['_DISCOVERYSERVICE']._serialized_start=1033
-  _globals['_DISCOVERYSERVICE']._serialized_end=1141
+  _globals['_STREAMSNAPSHOTSREQUEST']._serialized_end=278
+  _globals['_HELLO']._serialized_start=281
+  _globals['_HELLO']._serialized_end=582
+  _globals['_HELLO_LABELSENTRY']._serialized_start=537
+  _globals['_HELLO_LABELSENTRY']._serialized_end=582
+  _globals['_IDENTITYPROOF']._serialized_start=584
+  _globals['_IDENTITYPROOF']._serialized_end=664
+  _globals['_ACK']._serialized_start=666
+  _globals['_ACK']._serialized_end=688
+  _globals['_NACK']._serialized_start=690
+  _globals['_NACK']._serialized_end=729
+  _globals['_HEALTHREPORT']._serialized_start=731
+  _globals['_HEALTHREPORT']._serialized_end=762
+  _globals['_STREAMSNAPSHOTSRESPONSE']._serialized_start=764
+  _globals['_STREAMSNAPSHOTSRESPONSE']._serialized_end=826
+  _globals['_SNAPSHOT']._serialized_start=829
+  _globals['_SNAPSHOT']._serialized_end=994
+  _globals['_SERVICE']._serialized_start=996
+  _globals['_SERVICE']._serialized_end=1099
+  _globals['_ENDPOINT']._serialized_start=1102
+  _globals['_ENDPOINT']._serialized_end=1241
+  _globals['_ENDPOINT_LABELSENTRY']._serialized_start=537
+  _globals['_ENDPOINT_LABELSENTRY']._serialized_end=582
+  _globals['_DISCOVERYSERVICE']._serialized_start=1243
+  _globals['_DISCOVERYSERVICE']._serialized_end=1351
 # @@protoc_insertion_point(module_scope)

@@ -136,7 +136,7 @@ class ListSidecarsResponse(_message.Message):
     def __init__(self, sidecars: _Optional[_Iterable[_Union[SidecarStatus, _Mapping]]] = ..., store_revision: _Optional[int] = ...) -> None: ...
 
 class SidecarStatus(_message.Message):
-    __slots__ = ("node_id", "service", "namespace", "labels", "inbound_address", "identity", "applied_version", "sent_version", "state", "nack_reason", "last_seen", "connected", "serving", "admin_address", "applied_revision", "sent_revision")
+    __slots__ = ("node_id", "service", "namespace", "labels", "inbound_address", "identity", "applied_version", "sent_version", "state", "nack_reason", "last_seen", "connected", "serving", "admin_address", "applied_revision", "sent_revision", "identity_verified", "certificate_serial", "certificate_not_after")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -160,6 +160,9 @@ class SidecarStatus(_message.Message):
     ADMIN_ADDRESS_FIELD_NUMBER: _ClassVar[int]
     APPLIED_REVISION_FIELD_NUMBER: _ClassVar[int]
     SENT_REVISION_FIELD_NUMBER: _ClassVar[int]
+    IDENTITY_VERIFIED_FIELD_NUMBER: _ClassVar[int]
+    CERTIFICATE_SERIAL_FIELD_NUMBER: _ClassVar[int]
+    CERTIFICATE_NOT_AFTER_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     service: str
     namespace: str
@@ -176,4 +179,7 @@ class SidecarStatus(_message.Message):
     admin_address: str
     applied_revision: int
     sent_revision: int
-    def __init__(self, node_id: _Optional[str] = ..., service: _Optional[str] = ..., namespace: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., inbound_address: _Optional[str] = ..., identity: _Optional[str] = ..., applied_version: _Optional[str] = ..., sent_version: _Optional[str] = ..., state: _Optional[str] = ..., nack_reason: _Optional[str] = ..., last_seen: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., connected: _Optional[bool] = ..., serving: _Optional[bool] = ..., admin_address: _Optional[str] = ..., applied_revision: _Optional[int] = ..., sent_revision: _Optional[int] = ...) -> None: ...
+    identity_verified: bool
+    certificate_serial: str
+    certificate_not_after: _timestamp_pb2.Timestamp
+    def __init__(self, node_id: _Optional[str] = ..., service: _Optional[str] = ..., namespace: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., inbound_address: _Optional[str] = ..., identity: _Optional[str] = ..., applied_version: _Optional[str] = ..., sent_version: _Optional[str] = ..., state: _Optional[str] = ..., nack_reason: _Optional[str] = ..., last_seen: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., connected: _Optional[bool] = ..., serving: _Optional[bool] = ..., admin_address: _Optional[str] = ..., applied_revision: _Optional[int] = ..., sent_revision: _Optional[int] = ..., identity_verified: _Optional[bool] = ..., certificate_serial: _Optional[str] = ..., certificate_not_after: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...

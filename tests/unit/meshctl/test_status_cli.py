@@ -100,6 +100,9 @@ def test_json_output_spells_out_every_field(cp: FakeControlPlane, capsys: pytest
                 "adminAddress": "127.0.0.1:15000",
                 "appliedRevision": 0,
                 "sentRevision": 0,  # absent from the reply: zero
+                "identityVerified": False,
+                "certificateSerial": "",
+                "certificateNotAfter": "",
             }
         ],
         "summary": {"connected": 0, "behind": 0, "disconnected": 1},
@@ -114,3 +117,31 @@ def test_status_errors(cp: FakeControlPlane, capsys: pytest.CaptureFixture[str])
     assert run_meshctl("status") == 1
     assert "sidecar.appliedRevision: expected an integer, got 'twelve'" in capsys.readouterr().err
     assert run_meshctl("status", "--server", "http://") == 2
+
+
+def test_wide_output_shows_each_certificate(cp: FakeControlPlane, capsys: pytest.CaptureFixture[str]) -> None:
+    cp.reply(
+        "GET",
+        SIDECARS,
+        sidecars_json(
+            sidecar_json(
+                "users-1",
+                identityVerified=True,
+                certificateSerial="1f2e3d",
+                certificateNotAfter="2030-06-01T23:00:00Z",
+            ),
+            sidecar_json("users-2", inboundAddress="127.0.0.1:16006"),
+            revision=12,
+        ),
+    )
+    assert run_meshctl("status", "-o", "wide") == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert "IDENTITY" in lines[0] and "CERT SERIAL" in lines[0] and "CERT NOT AFTER" in lines[0]
+    assert lines[1].split()[-5:] == [
+        "spiffe://cluster.local/ns/default/sa/users",
+        "yes",
+        "1f2e3d",
+        "2030-06-01",
+        "23:00:00Z",
+    ]
+    assert lines[2].split()[-4:] == ["spiffe://cluster.local/ns/default/sa/users", "no", "-", "-"]

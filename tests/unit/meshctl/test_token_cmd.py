@@ -10,6 +10,7 @@ import pytest
 
 from control_plane.api_errors import Unauthenticated
 from control_plane.auth import Principal, Role, TokenVerifier, load_or_create_signing_key
+from control_plane.join_tokens import Workload, verify_join_token
 from meshctl import cmd_token
 
 NOW = datetime(2030, 6, 1, 12, 0, 0, tzinfo=UTC)
@@ -99,3 +100,29 @@ def test_the_longest_token_is_accepted_by_the_control_plane(
     token = capsys.readouterr().out.strip()
     verifier = TokenVerifier(key.public_key(), clock=lambda: NOW + timedelta(days=29))
     assert verifier.verify(token) == Principal("meshctl", Role.READ)
+
+
+def test_service_mints_a_join_token_for_that_workload_only(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    key = load_or_create_signing_key(tmp_path)
+    assert run("--service", "users", "--namespace", "shop", "--ttl", "10m", "--data-dir", str(tmp_path)) == 0
+    token = capsys.readouterr().out.strip()
+    verifier = TokenVerifier(key.public_key(), clock=lambda: NOW + timedelta(minutes=9))
+    assert verify_join_token(verifier, f"Bearer {token}") == Workload("shop", "users")
+    with pytest.raises(Unauthenticated, match=r"Audience doesn.t match"):
+        verifier.verify(token)  # never an API token
+    late = TokenVerifier(key.public_key(), clock=lambda: NOW + timedelta(minutes=11))
+    with pytest.raises(Unauthenticated, match="expired"):
+        verify_join_token(late, f"Bearer {token}")
+
+
+def test_role_and_service_are_exclusive_and_names_are_checked(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    load_or_create_signing_key(tmp_path)
+    with pytest.raises(SystemExit):
+        run("--role", "admin", "--service", "users", "--data-dir", str(tmp_path))
+    assert "not allowed with argument" in capsys.readouterr().err
+    assert run("--service", "..", "--data-dir", str(tmp_path)) == 2
+    assert "service must not be '.' or '..'" in capsys.readouterr().err

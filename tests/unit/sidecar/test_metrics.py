@@ -160,7 +160,7 @@ def test_mesh_counters_config_and_certificate() -> None:
                 stats,
                 lambda: "7-abc",
                 applies=lambda: (5, 1),
-                cert_not_after=datetime.fromtimestamp(datetime.now(UTC).timestamp() + 3600, UTC),
+                cert_not_after=lambda: datetime.fromtimestamp(datetime.now(UTC).timestamp() + 3600, UTC),
             )
         )
     )
