@@ -1,0 +1,75 @@
+"""The policy documents the demo's story applies through the control plane's API: a
+DestinationRule for users (subsets v1 and v2, outlier detection) and the VirtualService of each
+step (weights, the `x-canary` header route, retries)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+ISTIO_API = "networking.istio.io/v1"
+CANARY_ROUTE = "canary-testers"
+SPLIT_ROUTE = "split"
+# A call to an instance whose app has died is UNAVAILABLE: another attempt may reach a live one.
+RETRIES = {"attempts": 3, "perTryTimeout": "1s", "retryOn": "unavailable"}
+
+
+def destination_rule() -> dict[str, Any]:
+    return {
+        "apiVersion": ISTIO_API,
+        "kind": "DestinationRule",
+        "metadata": {"name": "users"},
+        "spec": {
+            "host": "users",
+            "trafficPolicy": {
+                "outlierDetection": {
+                    "consecutive5xxErrors": 3,
+                    "interval": "1s",
+                    "baseEjectionTime": "30s",
+                    "maxEjectionPercent": 50,
+                }
+            },
+            "subsets": [
+                {"name": "v1", "labels": {"version": "v1"}},
+                {"name": "v2", "labels": {"version": "v2"}},
+            ],
+        },
+    }
+
+
+def _split(v1: int, v2: int) -> dict[str, Any]:
+    return {
+        "name": SPLIT_ROUTE,
+        "route": [
+            {"destination": {"host": "users", "subset": "v1"}, "weight": v1},
+            {"destination": {"host": "users", "subset": "v2"}, "weight": v2},
+        ],
+        "retries": RETRIES,
+    }
+
+
+def _canary() -> dict[str, Any]:
+    return {
+        "name": CANARY_ROUTE,
+        "match": [{"headers": {"x-canary": {"exact": "true"}}}],
+        "route": [{"destination": {"host": "users", "subset": "v2"}}],
+        "retries": RETRIES,
+    }
+
+
+def virtual_service(v1: int, v2: int, *, canary_route: bool) -> dict[str, Any]:
+    """users: `x-canary: true` to v2 first (when `canary_route`), then everything else v1/v2 by weight."""
+    http = ([_canary()] if canary_route else []) + [_split(v1, v2)]
+    return {
+        "apiVersion": ISTIO_API,
+        "kind": "VirtualService",
+        "metadata": {"name": "users"},
+        "spec": {"hosts": ["users"], "http": http},
+    }
+
+
+def weights(spec: dict[str, Any]) -> dict[str, int]:
+    """subset → weight of a users VirtualService spec's split route (as stored)."""
+    for route in spec.get("http", []):
+        if route.get("name") == SPLIT_ROUTE:
+            return {r["destination"]["subset"]: int(r.get("weight", 0)) for r in route["route"]}
+    return {}
