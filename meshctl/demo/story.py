@@ -171,7 +171,9 @@ class Story:
 
     async def baseline(self) -> list[str]:
         """Subsets for users, and all traffic on v1: the state the story starts from."""
-        return await self.apply(policies.destination_rule(), policies.virtual_service(100, 0, canary_route=False))
+        return await self.apply(
+            policies.destination_rule(), policies.virtual_service(100, 0, canary_route=False)
+        )
 
     async def run(self) -> list[StepResult]:
         await self.step(
