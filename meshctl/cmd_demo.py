@@ -197,21 +197,36 @@ async def _wait_for_enter(stop: asyncio.Event, prompt: str) -> None:
 async def _drive(
     mesh: DemoMesh, group: procs.ProcessGroup, args: argparse.Namespace, interactive: bool, killed: set[str]
 ) -> int:
+    from meshctl.demo import view
+    from meshctl.demo.loadgen import seed_users
+    from meshctl.demo.mesh import USERS_INSTANCES, wait_routable
+
+    stop = asyncio.Event()
+    with _signals_set(stop):
+        token_file = _token(mesh)
+        await asyncio.gather(*(seed_users(mesh.apps[instance]) for instance, _ in USERS_INSTANCES))
+        await asyncio.to_thread(wait_routable, mesh)
+        print("\n".join(view.where_to_look(mesh, token_file)), flush=True)
+        return await _tell_or_explore(mesh, group, args, interactive, killed, stop, token_file)
+
+
+async def _tell_or_explore(
+    mesh: DemoMesh,
+    group: procs.ProcessGroup,
+    args: argparse.Namespace,
+    interactive: bool,
+    killed: set[str],
+    stop: asyncio.Event,
+    token_file: Path,
+) -> int:
     from meshctl.api_client import ControlPlaneClient, ServerError
     from meshctl.demo import view
-    from meshctl.demo.loadgen import LoadGenerator, seed_users
-    from meshctl.demo.mesh import USERS_INSTANCES, wait_routable
+    from meshctl.demo.loadgen import LoadGenerator
     from meshctl.demo.story import Interrupted, Story
 
-    token_file = _token(mesh)
     token = token_file.read_text().strip()
-    await asyncio.gather(*(seed_users(mesh.apps[instance]) for instance, _ in USERS_INSTANCES))
-    await asyncio.to_thread(wait_routable, mesh)
-    print("\n".join(view.where_to_look(mesh, token_file)), flush=True)
-
     generator = LoadGenerator(mesh.entry, rate=args.rate)
     display = view.TerminalDisplay(interactive, lambda: generator.stats)
-    stop = asyncio.Event()
     pause = None
     if args.steps:
         pause = lambda prompt: _wait_for_enter(stop, prompt)  # noqa: E731
@@ -226,24 +241,23 @@ async def _drive(
         pause=pause,
         meshctl_env={"MESHCTL_SERVER": mesh.api.url, "MESHCTL_TOKEN": token},
     )
-    with _signals_set(stop):
-        load = asyncio.create_task(generator.run(stop))
-        try:
-            if args.no_story:
-                return await _explore(story, stop)
-            return await _tell(story, args, stop, interactive)
-        except Interrupted:
-            print("meshctl demo: interrupted", file=sys.stderr, flush=True)
-            return EXIT_INTERRUPTED
-        except ServerError as err:
-            print(f"meshctl demo: the control plane refused a step: {err}", file=sys.stderr)
-            return 1
-        finally:
-            killed.update(story.killed)
-            if args.report is not None:
-                args.report.write_text(json.dumps({"steps": [r.to_json() for r in story.results]}, indent=1))
-            stop.set()
-            await load
+    load = asyncio.create_task(generator.run(stop))
+    try:
+        if args.no_story:
+            return await _explore(story, stop)
+        return await _tell(story, args, stop, interactive)
+    except Interrupted:
+        print("meshctl demo: interrupted", file=sys.stderr, flush=True)
+        return EXIT_INTERRUPTED
+    except ServerError as err:
+        print(f"meshctl demo: the control plane refused a step: {err}", file=sys.stderr)
+        return 1
+    finally:
+        killed.update(story.killed)
+        if args.report is not None:
+            args.report.write_text(json.dumps({"steps": [r.to_json() for r in story.results]}, indent=1))
+        stop.set()
+        await load
 
 
 async def _tell(story: Story, args: argparse.Namespace, stop: asyncio.Event, interactive: bool) -> int:
