@@ -60,3 +60,9 @@ bench-control-plane: venv
 .PHONY: bench-authz
 bench-authz: venv
 	$(PY) -m bench.authz
+
+# Routing cost per call (100 routes, 20 on headers) next to the relay's, and 90/10 split accuracy
+# under h2load (bench/README.md). Writes bench/results/routing.md. Not part of `make test`.
+.PHONY: bench-routing
+bench-routing: venv tools
+	$(PY) -m bench.routing
