@@ -1,6 +1,6 @@
-"""The policy documents the demo's story applies through the control plane's API: a
-DestinationRule for users (subsets v1 and v2, outlier detection) and the VirtualService of each
-step (weights, the `x-canary` header route, retries)."""
+"""The policy documents the demo's story applies through the control plane's API: STRICT mutual
+TLS for the namespace, a DestinationRule for users (subsets v1 and v2, outlier detection) and the
+VirtualService of each step (weights, the `x-canary` header route, retries)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,16 @@ CANARY_ROUTE = "canary-testers"
 SPLIT_ROUTE = "split"
 # A call to an instance whose app has died is UNAVAILABLE: another attempt may reach a live one.
 RETRIES = {"attempts": 3, "perTryTimeout": "1s", "retryOn": "unavailable"}
+
+
+def strict_mtls() -> dict[str, Any]:
+    """Mutual TLS only, for every workload of the namespace."""
+    return {
+        "apiVersion": "security.istio.io/v1",
+        "kind": "PeerAuthentication",
+        "metadata": {"name": "default"},
+        "spec": {"mtls": {"mode": "STRICT"}},
+    }
 
 
 def destination_rule() -> dict[str, Any]:

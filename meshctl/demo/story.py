@@ -171,9 +171,11 @@ class Story:
     # -- the steps ----------------------------------------------------------------------------------
 
     async def baseline(self) -> list[str]:
-        """Subsets for users, and all traffic on v1: the state the story starts from."""
+        """STRICT mTLS, subsets for users, and all traffic on v1: the state the story starts from."""
         return await self.apply(
-            policies.destination_rule(), policies.virtual_service(100, 0, canary_route=False)
+            policies.strict_mtls(),
+            policies.destination_rule(),
+            policies.virtual_service(100, 0, canary_route=False),
         )
 
     async def run(self) -> list[StepResult]:
@@ -181,6 +183,7 @@ class Story:
             "1",
             "all traffic on v1",
             [
+                "PeerAuthentication default: STRICT (every sidecar-to-sidecar hop is mutual TLS).",
                 "DestinationRule users: subsets v1 (version=v1) and v2 (version=v2), outlier detection.",
                 "VirtualService users: 100% to v1, 0% to v2 (weight 0 sends nothing).",
             ],

@@ -147,7 +147,8 @@ class _PlainLive(LiveView):
         if now < self.next_print:
             return
         self.next_print = now + PLAIN_INTERVAL
-        lines = [f"  t={elapsed:4.1f}s step {self.step.number} (last 5s, from the sidecars' /metrics):"]
+        label = "exploring" if self.step.number == "-" else f"step {self.step.number}"
+        lines = [f"  t={elapsed:4.1f}s {label} (last 5s, from the sidecars' /metrics):"]
         lines += plain_rows(rows)
         if counters:
             lines.append("    " + _counters_text(counters))

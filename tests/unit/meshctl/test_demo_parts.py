@@ -121,6 +121,7 @@ def test_share_check_tolerance_follows_the_sample_size() -> None:
 
 def test_the_story_policies_pass_the_policy_api_validation() -> None:
     for document in (
+        policies.strict_mtls(),
         policies.destination_rule(),
         policies.virtual_service(100, 0, canary_route=False),
         policies.virtual_service(90, 10, canary_route=True),
