@@ -47,7 +47,7 @@ def register(subparsers: Any) -> None:
             "Start a control plane (store and CA in the data dir), users v1 (two instances) and v2 "
             "(one), orders and a load generator, each with its sidecar; then roll users v2 out step by "
             "step through the control plane's API (all on v1, 90/10, a header route for x-canary: "
-            "true, a killed v1 instance, 50/50, 100%% v2, a rollback, meshctl status), showing per "
+            "true, a hung v1 instance, 50/50, 100%% v2, a rollback, meshctl status), showing per "
             "service and version req/s, success rate, p50/p99 and traffic share from the sidecars' "
             "/metrics. Stops every process at the end, on Ctrl-C or on SIGTERM. Exit code 0 when every "
             "step showed what it should, 1 otherwise, 130 when interrupted."
@@ -97,7 +97,6 @@ def run(args: argparse.Namespace) -> int:
 
     ports = demo_mesh.Ports.any() if args.any_ports else demo_mesh.Ports()
     code = 1
-    killed: set[str] = set()  # processes the story stopped on purpose (the fault step)
     try:
         with procs.ProcessGroup(grace=demo_mesh.STOP_GRACE) as group:
             print(f"starting the demo mesh in {data_dir}", flush=True)
@@ -107,9 +106,9 @@ def run(args: argparse.Namespace) -> int:
             finally:
                 if args.pids_file is not None:
                     args.pids_file.write_text(json.dumps(group.pids))
-            code = asyncio.run(_drive(mesh, group, args, interactive, killed))
+            code = asyncio.run(_drive(mesh, group, args, interactive))
             print("stopping the mesh", flush=True)
-        unclean = {name: c for name, c in group.exit_codes.items() if c != 0 and name not in killed}
+        unclean = {name: c for name, c in group.exit_codes.items() if c != 0}
         if unclean:
             print(f"meshctl demo: stopped, but not cleanly (exit codes): {unclean}", file=sys.stderr)
         print("all demo processes stopped", flush=True)
@@ -195,7 +194,7 @@ async def _wait_for_enter(stop: asyncio.Event, prompt: str) -> None:
 
 
 async def _drive(
-    mesh: DemoMesh, group: procs.ProcessGroup, args: argparse.Namespace, interactive: bool, killed: set[str]
+    mesh: DemoMesh, group: procs.ProcessGroup, args: argparse.Namespace, interactive: bool
 ) -> int:
     from meshctl.demo import view
     from meshctl.demo.loadgen import seed_users
@@ -207,7 +206,7 @@ async def _drive(
         await asyncio.gather(*(seed_users(mesh.apps[instance]) for instance, _ in USERS_INSTANCES))
         await asyncio.to_thread(wait_routable, mesh)
         print("\n".join(view.where_to_look(mesh, token_file)), flush=True)
-        return await _tell_or_explore(mesh, group, args, interactive, killed, stop, token_file)
+        return await _tell_or_explore(mesh, group, args, interactive, stop, token_file)
 
 
 async def _tell_or_explore(
@@ -215,7 +214,6 @@ async def _tell_or_explore(
     group: procs.ProcessGroup,
     args: argparse.Namespace,
     interactive: bool,
-    killed: set[str],
     stop: asyncio.Event,
     token_file: Path,
 ) -> int:
@@ -253,7 +251,7 @@ async def _tell_or_explore(
         print(f"meshctl demo: the control plane refused a step: {err}", file=sys.stderr)
         return 1
     finally:
-        killed.update(story.killed)
+        story.resume_paused()
         if args.report is not None:
             args.report.write_text(json.dumps({"steps": [r.to_json() for r in story.results]}, indent=1))
         stop.set()

@@ -9,8 +9,11 @@ from typing import Any
 ISTIO_API = "networking.istio.io/v1"
 CANARY_ROUTE = "canary-testers"
 SPLIT_ROUTE = "split"
-# A call to an instance whose app has died is UNAVAILABLE: another attempt may reach a live one.
-RETRIES = {"attempts": 3, "perTryTimeout": "1s", "retryOn": "unavailable"}
+# An attempt on an instance that hangs ends at perTryTimeout: either the caller's sidecar times it
+# out (retried whatever retryOn says) or, first, the upstream sidecar, which enforces the attempt's
+# grpc-timeout and answers DEADLINE_EXCEEDED; so deadline-exceeded is retried too (a retry that
+# would end after the call's own deadline is never made). One whose app is gone is UNAVAILABLE.
+RETRIES = {"attempts": 3, "perTryTimeout": "500ms", "retryOn": "unavailable,deadline-exceeded"}
 
 
 def strict_mtls() -> dict[str, Any]:

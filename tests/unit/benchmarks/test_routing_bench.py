@@ -8,7 +8,7 @@ from collections import Counter
 
 from bench import h2load, routing
 from control_plane.policy import validate
-from sidecar.filters.routes import Routes, RoutesConfig, first_match
+from sidecar.filters.routes import Routes, RoutesConfig, first_match_in, metadata
 
 
 def test_the_tables_pass_the_policy_api_validation() -> None:
@@ -24,7 +24,7 @@ def test_the_benchmarked_call_falls_through_every_route_to_the_split() -> None:
     traffic = routing.compiled(routing.ROUTES)
     routes = traffic.routes["users"]
     head = routing._head()
-    assert first_match(routes, head, traffic.needs_headers) is routes[-1]  # the split, last
+    assert first_match_in(routes, head.path, metadata(head)) is routes[-1]  # the split, last
     # The call carries both headers the header routes read, so their matchers run (none matches).
     assert {name for name, _, _ in head.headers} >= {b"x-tenant", b"x-user"}
     picked: Counter[str | None] = Counter()
@@ -47,6 +47,12 @@ def test_h2load_takes_extra_request_headers() -> None:
     assert argv[-5:] == ["-H", "x-tenant: tenant-none", "-H", "x-user: u-17", "http://h/p"]
 
 
-def test_per_call_cost_runs_for_every_table() -> None:
+def test_per_call_cost_runs_for_every_table_and_shape() -> None:
     for routes in (None, *routing.TABLES.values()):
-        assert 0 < routing.per_call_us(routes, 10, 1) < float("inf")
+        for new_shapes in (False, True):
+            assert 0 < routing.per_call_us(routes, 10, 1, new_shapes=new_shapes) < float("inf")
+
+
+def test_new_shapes_differ_in_a_header_the_routes_match_on() -> None:
+    heads = [routing._head(f"u-{i}") for i in range(2)]
+    assert [dict((n, v) for n, v, _ in h.headers)[b"x-user"] for h in heads] == [b"u-0", b"u-1"]
