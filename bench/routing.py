@@ -36,7 +36,7 @@ ensure_stubs_importable()
 
 from bench import grpc_check, h2load, procstat  # noqa: E402
 from meshctl import procs  # noqa: E402
-from meshctl.demo import scrape  # noqa: E402
+from meshctl.demo import policies, scrape  # noqa: E402
 from sidecar.call import CallHead, Target  # noqa: E402
 from sidecar.config import Address, Endpoint, Policy, ServiceEntry  # noqa: E402
 from sidecar.filters.routes import Routes, RoutesConfig  # noqa: E402
@@ -62,16 +62,6 @@ def _header_match(i: int) -> dict[str, Any]:
     return {"headers": {"x-tenant": {kind: value}, "x-user": {"prefix": "u-"}}}
 
 
-def split_route(v1: int = 90, v2: int = 10) -> dict[str, Any]:
-    return {
-        "name": "split",
-        "route": [
-            {"destination": {"host": "users", "subset": "v1"}, "weight": v1},
-            {"destination": {"host": "users", "subset": "v2"}, "weight": v2},
-        ],
-    }
-
-
 def virtual_service(routes: int, header_routes: int = HEADER_ROUTES) -> dict[str, Any]:
     """users' VirtualService: `routes - 1` routes no benchmarked call matches, then the 90/10 split.
     The first `header_routes` match on x-tenant (and x-user, which the call does match), the rest
@@ -82,28 +72,12 @@ def virtual_service(routes: int, header_routes: int = HEADER_ROUTES) -> dict[str
         http.append(
             {"name": f"r{i}", "match": [match], "route": [{"destination": {"host": "users", "subset": "v2"}}]}
         )
-    http.append(split_route())
-    return {
-        "apiVersion": "networking.istio.io/v1",
-        "kind": "VirtualService",
-        "metadata": {"name": "users"},
-        "spec": {"hosts": ["users"], "http": http},
-    }
+    http.append(policies.split_route(90, 10, retries=False))
+    return policies.users_virtual_service(http)
 
 
 def destination_rule() -> dict[str, Any]:
-    return {
-        "apiVersion": "networking.istio.io/v1",
-        "kind": "DestinationRule",
-        "metadata": {"name": "users"},
-        "spec": {
-            "host": "users",
-            "subsets": [
-                {"name": "v1", "labels": {"version": "v1"}},
-                {"name": "v2", "labels": {"version": "v2"}},
-            ],
-        },
-    }
+    return policies.destination_rule({})
 
 
 TABLES = {"1 route (the split)": 1, f"{ROUTES} routes, {HEADER_ROUTES} on headers": ROUTES}

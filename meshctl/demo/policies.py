@@ -26,21 +26,27 @@ def strict_mtls() -> dict[str, Any]:
     }
 
 
-def destination_rule() -> dict[str, Any]:
+# The demo's: an instance failing 3 calls in a row is ejected at once, for 30 s at first.
+OUTLIER_DETECTION = {
+    "consecutive5xxErrors": 3,
+    "interval": "1s",
+    "baseEjectionTime": "30s",
+    "maxEjectionPercent": 50,
+}
+
+
+def destination_rule(traffic_policy: dict[str, Any] | None = None) -> dict[str, Any]:
+    """users' subsets v1 and v2 (by the `version` label); `traffic_policy` default: the demo's
+    outlier detection."""
+    if traffic_policy is None:
+        traffic_policy = {"outlierDetection": OUTLIER_DETECTION}
     return {
         "apiVersion": ISTIO_API,
         "kind": "DestinationRule",
         "metadata": {"name": "users"},
         "spec": {
             "host": "users",
-            "trafficPolicy": {
-                "outlierDetection": {
-                    "consecutive5xxErrors": 3,
-                    "interval": "1s",
-                    "baseEjectionTime": "30s",
-                    "maxEjectionPercent": 50,
-                }
-            },
+            "trafficPolicy": traffic_policy,
             "subsets": [
                 {"name": "v1", "labels": {"version": "v1"}},
                 {"name": "v2", "labels": {"version": "v2"}},
@@ -49,15 +55,18 @@ def destination_rule() -> dict[str, Any]:
     }
 
 
-def _split(v1: int, v2: int) -> dict[str, Any]:
-    return {
+def split_route(v1: int, v2: int, *, retries: bool = True) -> dict[str, Any]:
+    """The route sending v1% of calls to subset v1 and v2% to v2 (with the demo's retries)."""
+    route: dict[str, Any] = {
         "name": SPLIT_ROUTE,
         "route": [
             {"destination": {"host": "users", "subset": "v1"}, "weight": v1},
             {"destination": {"host": "users", "subset": "v2"}, "weight": v2},
         ],
-        "retries": RETRIES,
     }
+    if retries:
+        route["retries"] = RETRIES
+    return route
 
 
 def _canary() -> dict[str, Any]:
@@ -69,15 +78,18 @@ def _canary() -> dict[str, Any]:
     }
 
 
-def virtual_service(v1: int, v2: int, *, canary_route: bool) -> dict[str, Any]:
-    """users: `x-canary: true` to v2 first (when `canary_route`), then everything else v1/v2 by weight."""
-    http = ([_canary()] if canary_route else []) + [_split(v1, v2)]
+def users_virtual_service(http: list[dict[str, Any]]) -> dict[str, Any]:
     return {
         "apiVersion": ISTIO_API,
         "kind": "VirtualService",
         "metadata": {"name": "users"},
         "spec": {"hosts": ["users"], "http": http},
     }
+
+
+def virtual_service(v1: int, v2: int, *, canary_route: bool) -> dict[str, Any]:
+    """users: `x-canary: true` to v2 first (when `canary_route`), then everything else v1/v2 by weight."""
+    return users_virtual_service(([_canary()] if canary_route else []) + [split_route(v1, v2)])
 
 
 def weights(spec: dict[str, Any]) -> dict[str, int]:

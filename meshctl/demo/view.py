@@ -22,7 +22,7 @@ from meshctl.demo.scrape import Row
 from meshctl.demo.story import Display, LiveView, StepResult
 
 PLAIN_INTERVAL = 2.0
-BAR_WIDTH = 20
+BAR_WIDTH = 10
 
 
 def versions_text(versions: Counter[str]) -> str:
@@ -86,7 +86,7 @@ def rows_table(title: str, rows: list[Row], counters: Mapping[str, float]) -> Ta
             success if r.success >= 0.99 else f"[red]{success}[/red]",
             f"{r.p50:.1f}",
             f"{r.p99:.1f}",
-            f"{_bar(r.share)} {r.share:.0%}",
+            f"{r.share:4.0%} {_bar(r.share)}",
         )
     return table
 

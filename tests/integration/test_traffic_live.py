@@ -26,6 +26,7 @@ from demo.v1 import users_pb2, users_pb2_grpc
 
 from control_plane.ca import CertificateAuthority
 from meshctl import procs
+from meshctl.demo import policies
 from tests.support.control_plane_mesh import (
     TRUST_DOMAIN,
     ControlPlaneProcess,
@@ -44,38 +45,11 @@ PHASE_CALLS = 300  # calls started after a change was acknowledged, per phase
 
 
 def rule() -> dict[str, Any]:
-    return {
-        "apiVersion": "networking.istio.io/v1",
-        "kind": "DestinationRule",
-        "metadata": {"name": "users"},
-        "spec": {
-            "host": "users",
-            "trafficPolicy": {"loadBalancer": {"simple": "ROUND_ROBIN"}},
-            "subsets": [
-                {"name": "v1", "labels": {"version": "v1"}},
-                {"name": "v2", "labels": {"version": "v2"}},
-            ],
-        },
-    }
+    return policies.destination_rule({"loadBalancer": {"simple": "ROUND_ROBIN"}})
 
 
 def split(v1: int, v2: int) -> dict[str, Any]:
-    return {
-        "apiVersion": "networking.istio.io/v1",
-        "kind": "VirtualService",
-        "metadata": {"name": "users"},
-        "spec": {
-            "hosts": ["users"],
-            "http": [
-                {
-                    "route": [
-                        {"destination": {"host": "users", "subset": "v1"}, "weight": v1},
-                        {"destination": {"host": "users", "subset": "v2"}, "weight": v2},
-                    ]
-                }
-            ],
-        },
-    }
+    return policies.users_virtual_service([policies.split_route(v1, v2, retries=False)])
 
 
 @dataclass
