@@ -77,3 +77,9 @@ bench-observability: venv tools
 .PHONY: bench-ca
 bench-ca: venv
 	$(PY) -m bench.ca
+
+# Routing cost per call (100 routes, 20 on headers) next to the relay's, and 90/10 split accuracy
+# under h2load (bench/README.md). Writes bench/results/routing.md. Not part of `make test`.
+.PHONY: bench-routing
+bench-routing: venv tools
+	$(PY) -m bench.routing

@@ -10,6 +10,7 @@ import math
 import re
 import shlex
 import subprocess
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -107,17 +108,29 @@ def percentile(sorted_values: list[int], q: float) -> float:
     return float(sorted_values[rank - 1])
 
 
-def command(url: str, body: Path, load: Load, requests: int, log_file: Path) -> list[str]:
+def command(
+    url: str, body: Path, load: Load, requests: int, log_file: Path, headers: Sequence[str] = ()
+) -> list[str]:
     argv = ["h2load", "-t", "1", "-c", str(load.clients), "-m", str(load.streams), "-n", str(requests)]
     argv += ["-d", str(body), "--log-file", str(log_file)]
-    for header in GRPC_HEADERS:
+    for header in (*GRPC_HEADERS, *headers):
         argv += ["-H", header]
     return [*argv, url]
 
 
-def run(url: str, body: Path, load: Load, requests: int, log_file: Path, *, timeout: float) -> Result:
-    """One h2load run of `requests` calls; raises H2LoadError when it stalls or fails outright."""
-    argv = command(url, body, load, requests, log_file)
+def run(
+    url: str,
+    body: Path,
+    load: Load,
+    requests: int,
+    log_file: Path,
+    *,
+    timeout: float,
+    headers: Sequence[str] = (),
+) -> Result:
+    """One h2load run of `requests` calls (`headers`: extra "name: value" request headers); raises
+    H2LoadError when it stalls or fails outright."""
+    argv = command(url, body, load, requests, log_file, headers)
     shown = shlex.join(argv)
     log_file.unlink(missing_ok=True)
     try:

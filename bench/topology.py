@@ -76,7 +76,6 @@ def _tls(files: WorkloadFiles) -> dict[str, str]:
     return {"cert": str(files.cert), "key": str(files.key), "ca": str(files.ca)}
 
 
-
 class Launcher:
     """Starts every process the rows need, in dependency order, each waited for until ready."""
 

@@ -1,11 +1,15 @@
 """The demo's load generator: calls users and orders through a sidecar's outbound port at
-a steady rate and measures what a client sees (status, latency, `x-mesh-version`)."""
+a steady rate and measures what a client sees (status, latency, `x-mesh-version`).
+
+The users instances keep users in memory, each its own, so the load only reads users every
+instance holds: `seed_users` stores the same users in each one first (straight to the app, not
+through the mesh). A share of the users calls are canary testers: they carry `x-canary: true`
+and are counted apart ("users x-canary"), so a header route's effect shows on its own."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import math
 import random
 import time
@@ -21,7 +25,26 @@ from demo.v1 import orders_pb2, orders_pb2_grpc, users_pb2, users_pb2_grpc
 
 CALL_TIMEOUT = 5.0
 WINDOW = 5.0  # seconds of history behind the live req/s and percentiles
-SEED_USERS = 10
+SEED_USERS = 20
+CANARY_HEADER = ("x-canary", "true")
+SERVICES = ("users", "users x-canary", "orders")
+
+
+def seeded_user_ids(count: int = SEED_USERS) -> list[str]:
+    return [f"user-{n}" for n in range(1, count + 1)]
+
+
+async def seed_users(app: str, count: int = SEED_USERS) -> None:
+    """Store the demo's users (`seeded_user_ids`) in the users app at `app`, directly."""
+    async with grpc.aio.insecure_channel(app) as channel:
+        stub = users_pb2_grpc.UsersStub(channel)
+        requests = (
+            users_pb2.ImportUsersRequest(
+                user=users_pb2.User(id=user_id, name=f"demo user {user_id}", email=f"{user_id}@example.test")
+            )
+            for user_id in seeded_user_ids(count)
+        )
+        await stub.ImportUsers(requests, timeout=CALL_TIMEOUT)
 
 
 def percentile(sorted_values: list[float], q: float) -> float:
@@ -78,23 +101,39 @@ def _version(metadata: Any) -> str | None:
     return None
 
 
-class LoadGenerator:
-    """Open-loop load at `rate` calls/s (at most `concurrency` in flight) through `target`."""
+def fresh_stats() -> dict[str, ServiceStats]:
+    return {service: ServiceStats() for service in SERVICES}
 
-    def __init__(self, target: str, *, rate: float = 50.0, concurrency: int = 32, seed: int = 0) -> None:
+
+class LoadGenerator:
+    """Open-loop load at `rate` calls/s (at most `concurrency` in flight) through `target`;
+    `canary_share` of the users calls carry `x-canary: true`."""
+
+    def __init__(
+        self,
+        target: str,
+        *,
+        rate: float = 50.0,
+        concurrency: int = 32,
+        seed: int = 0,
+        canary_share: float = 0.1,
+        user_ids: list[str] | None = None,
+    ) -> None:
         if rate <= 0 or concurrency <= 0:
             raise ValueError("rate and concurrency must be positive")
+        if not 0 <= canary_share <= 1:
+            raise ValueError("canary_share must be within 0..1")
         self.target = target
         self.rate = rate
         self.concurrency = concurrency
-        self.stats = {"users": ServiceStats(), "orders": ServiceStats()}
+        self.canary_share = canary_share
+        self.stats = fresh_stats()
         self.started = time.monotonic()
         self._random = random.Random(seed)
-        self._user_ids: list[str] = []
+        self._user_ids: list[str] = list(user_ids) if user_ids else seeded_user_ids()
         self._order_ids: list[str] = []
-        self._names = itertools.count(1)
 
-    async def run(self, stop: asyncio.Event, duration: float) -> None:
+    async def run(self, stop: asyncio.Event, duration: float = math.inf) -> None:
         """Drive load until `stop` is set or `duration` seconds have passed."""
         users_channel = grpc.aio.insecure_channel(self.target, options=[("grpc.default_authority", "users")])
         orders_channel = grpc.aio.insecure_channel(
@@ -105,8 +144,6 @@ class LoadGenerator:
         in_flight: set[asyncio.Task[None]] = set()
         try:
             self.started = time.monotonic()
-            for _ in range(SEED_USERS):
-                await self._call("users", self._create_user)
             deadline = self.started + duration
             slots = asyncio.Semaphore(self.concurrency)
             next_at = time.monotonic()
@@ -133,12 +170,11 @@ class LoadGenerator:
     async def _one(self, slots: asyncio.Semaphore) -> None:
         try:
             pick = self._random.random()
-            if not self._user_ids or 0.55 <= pick < 0.60:
-                await self._call("users", self._create_user)
-            elif pick < 0.45:
-                await self._call("users", self._get_user)
-            elif pick < 0.55:
-                await self._call("users", self._list_users)
+            if pick < 0.6:
+                canary = self._random.random() < self.canary_share
+                metadata = (CANARY_HEADER,) if canary else ()
+                op = self._get_user if pick < 0.45 else self._list_users
+                await self._call("users x-canary" if canary else "users", lambda: op(metadata))
             elif pick < 0.85:
                 await self._call("orders", self._create_order)
             else:
@@ -157,24 +193,18 @@ class LoadGenerator:
         now = time.monotonic()
         self.stats[service].record(now, (now - started) * 1000, status, version)
 
-    async def _create_user(self) -> str | None:
-        n = next(self._names)
-        call = self._users.CreateUser(
-            users_pb2.CreateUserRequest(name=f"user {n}", email=f"user{n}@example.test"), timeout=CALL_TIMEOUT
-        )
-        reply = await call
-        self._user_ids.append(reply.user.id)
-        return _version(await call.initial_metadata())
-
-    async def _get_user(self) -> str | None:
+    async def _get_user(self, metadata: tuple[tuple[str, str], ...]) -> str | None:
         call = self._users.GetUser(
-            users_pb2.GetUserRequest(id=self._random.choice(self._user_ids)), timeout=CALL_TIMEOUT
+            users_pb2.GetUserRequest(id=self._random.choice(self._user_ids)),
+            timeout=CALL_TIMEOUT,
+            metadata=metadata,
         )
         await call
         return _version(await call.initial_metadata())
 
-    async def _list_users(self) -> str | None:
-        call = self._users.ListUsers(users_pb2.ListUsersRequest(limit=5), timeout=CALL_TIMEOUT)
+    async def _list_users(self, metadata: tuple[tuple[str, str], ...]) -> str | None:
+        request = users_pb2.ListUsersRequest(limit=5)
+        call = self._users.ListUsers(request, timeout=CALL_TIMEOUT, metadata=metadata)
         async for _ in call:
             pass
         return _version(await call.initial_metadata())

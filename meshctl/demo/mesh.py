@@ -1,18 +1,24 @@
-"""Launch the example mesh on loopback: a fresh CA and workload certificates, the users
-and orders apps each behind a sidecar, and a client-only sidecar for the load generator.
+"""Launch the demo mesh on loopback: a control plane with its store and a fresh CA, users v1
+(two instances) and users v2 (one), orders, and a client-only sidecar for the load generator,
+every app behind a sidecar that learns the mesh from the control plane.
 
-Every listener binds port 0 and is learned from the ready file of the process that
-owns it, with one exception: the orders sidecar must know the orders app's port before
-the app can start (the app in turn needs the sidecar's outbound port). That port is
+Listeners bind port 0 and are learned from the ready file of the process that owns it, except
+the ones a person types (`Ports`): the control plane's gRPC and REST ports and the load
+generator's outbound port, fixed by default so the printed commands stay the same from run to
+run; each is checked free before anything starts. The orders sidecar must know the orders app's
+port before the app can start (the app in turn needs the sidecar's outbound port): that port is
 picked free just before; if someone takes it first, the pair is started again.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
 import sys
+import time
+import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -34,6 +40,9 @@ BIND_ATTEMPTS = 3
 BIND_ERROR_EXIT = 2  # services exit with this when they cannot listen (services.common.server)
 REPO_ROOT = Path(__file__).resolve().parents[2]
 GEN_DIR = REPO_ROOT / "gen"
+HOST = "127.0.0.1"
+# The users instances: (instance name, version label).
+USERS_INSTANCES = (("users-v1-a", "v1"), ("users-v1-b", "v1"), ("users-v2-a", "v2"))
 
 
 def child_env() -> dict[str, str]:
@@ -56,43 +65,133 @@ def ensure_stubs_importable() -> None:
             sys.path.append(str(GEN_DIR))
 
 
-def free_port(host: str = "127.0.0.1") -> int:
+def free_port(host: str = HOST) -> int:
     """A port nothing listens on right now (the caller must cope with losing a race for it)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
         return int(sock.getsockname()[1])
 
 
+def endpoints(admin: str, service: str) -> int:
+    """How many endpoints of `service` the sidecar at `admin` routes to (its /config_dump); -1 when
+    it cannot tell."""
+    try:
+        with urllib.request.urlopen(f"http://{admin}/config_dump", timeout=2.0) as reply:
+            dump = json.loads(reply.read())
+        return len(dump["config"]["services"][service]["endpoints"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return -1
+
+
+def wait_routable(mesh: DemoMesh, timeout: float = 30.0) -> None:
+    """Until every calling sidecar routes to every instance of what it calls (the control plane has
+    registered each one, seen its app healthy and pushed it)."""
+    expected = {"users": len(USERS_INSTANCES), "orders": 1}
+    wanted = {"loadgen": expected, "orders": {"users": expected["users"]}}
+    deadline = time.monotonic() + timeout
+    while True:
+        missing = [
+            f"{instance} → {service}"
+            for instance, services in wanted.items()
+            for service, count in services.items()
+            if endpoints(mesh.sidecars[instance].admin, service) < count
+        ]
+        if not missing:
+            return
+        if time.monotonic() >= deadline:
+            raise procs.ReadyTimeoutError(
+                f"not every endpoint reached its callers after {timeout:.0f}s: {missing}"
+            )
+        time.sleep(procs.POLL_INTERVAL)
+
+
+class PortInUse(procs.ProcessError):
+    """A fixed port the demo needs is taken."""
+
+
+@dataclass(frozen=True)
+class Ports:
+    """The ports a person types while the demo runs (0: any free port)."""
+
+    control_plane_grpc: int = 15010
+    control_plane_http: int = 15011
+    entry: int = 15001  # the load generator sidecar's outbound listener
+
+    @classmethod
+    def any(cls) -> Ports:
+        return cls(0, 0, 0)
+
+    def check_free(self, host: str = HOST) -> None:
+        """PortInUse naming the first fixed port something already listens on."""
+        for what, port in (
+            ("the control plane's gRPC API", self.control_plane_grpc),
+            ("the control plane's REST API", self.control_plane_http),
+            ("the mesh entry (the load generator sidecar's outbound listener)", self.entry),
+        ):
+            if port == 0:
+                continue
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+                try:
+                    sock.bind((host, port))
+                except OSError as exc:
+                    raise PortInUse(
+                        f"{host}:{port} ({what}) is in use ({exc.strerror}); stop what listens there "
+                        "(`ss -ltnp 'sport = :" + str(port) + "'` shows it) or run with --any-ports"
+                    ) from None
+
+
 @dataclass
 class Sidecar:
-    name: str
-    outbound: str
+    name: str  # the process name: sidecar-<instance>
+    service: str
+    version: str
+    outbound: str | None  # None: no outbound listener
     inbound: str | None  # None for a client-only sidecar
     admin: str
     config: Path
 
-    def serving(self, grpc_service: str) -> tuple[str, str]:
-        """(gRPC service, inbound address): this sidecar as an upstream in another's config."""
-        if self.inbound is None:
-            raise procs.ProcessError(f"sidecar-{self.name} reported no inbound address in its ready file")
-        return grpc_service, self.inbound
+
+@dataclass
+class ControlPlane:
+    grpc: str
+    http: str
+    data_dir: Path
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.http}"
 
 
 @dataclass
 class DemoMesh:
     data_dir: Path
     log_dir: Path
-    apps: dict[str, str] = field(default_factory=dict)  # app name -> address
-    sidecars: dict[str, Sidecar] = field(default_factory=dict)  # service -> its sidecar
+    control_plane: ControlPlane | None = None
+    apps: dict[str, str] = field(default_factory=dict)  # instance name -> address
+    app_procs: dict[str, procs.ManagedProcess] = field(default_factory=dict)
+    sidecars: dict[str, Sidecar] = field(default_factory=dict)  # instance name -> its sidecar
 
     @property
     def entry(self) -> str:
         """Where clients of the mesh connect: the load generator's sidecar outbound port."""
-        return self.sidecars["loadgen"].outbound
+        outbound = self.sidecars["loadgen"].outbound
+        assert outbound is not None
+        return outbound
+
+    @property
+    def api(self) -> ControlPlane:
+        assert self.control_plane is not None, "the control plane has not started"
+        return self.control_plane
+
+    def callers(self) -> list[Sidecar]:
+        """The sidecars whose outbound metrics count calls into the mesh: the load generator's and
+        the orders sidecar's (orders calls users)."""
+        return [s for s in self.sidecars.values() if s.outbound is not None]
 
 
 def issue_certificates(certs_dir: Path, services: list[str]) -> dict[str, WorkloadFiles]:
-    """A fresh CA (saved under certs_dir/ca) and one workload certificate per service."""
+    """A fresh CA (saved under certs_dir/ca) and one workload certificate per service (the
+    instances of one service share its SPIFFE ID)."""
     for sub in ("ca", "workloads"):
         shutil.rmtree(certs_dir / sub, ignore_errors=True)
     ca = CertificateAuthority.create(TRUST_DOMAIN, now=datetime.now(UTC))
@@ -107,29 +206,34 @@ def sidecar_config(
     service: str,
     tls: WorkloadFiles,
     *,
+    control_plane: str,
+    version: str = "v1",
     app: str | None,
-    upstreams: dict[str, tuple[str, str]],
+    grpc_services: list[str] | None = None,
+    outbound: str | None = None,
+    dependencies: list[str] | None = None,
 ) -> dict[str, Any]:
-    """The static sidecar YAML. upstreams: service -> (gRPC service name, sidecar inbound address)."""
+    """The YAML of a sidecar fed by the control plane. `app` None: client only (no inbound
+    listener); `outbound` None: no outbound listener."""
+    listeners = {"admin": f"{HOST}:0"}
+    if outbound is not None:
+        listeners["outbound"] = outbound
+    if app is not None:
+        listeners["inbound"] = f"{HOST}:0"
     config: dict[str, Any] = {
         "service": service,
         "namespace": NAMESPACE,
-        "labels": {"version": "v1"},
-        "listeners": {"outbound": "127.0.0.1:0", "inbound": "127.0.0.1:0", "admin": "127.0.0.1:0"},
+        "labels": {"version": version},
+        "control_plane": control_plane,
+        "listeners": listeners,
         "tls": {"cert": str(tls.cert), "key": str(tls.key), "ca": str(tls.ca)},
         "drain_seconds": DRAIN_SECONDS,
-        "services": {
-            name: {
-                "grpc_services": [grpc_service],
-                "endpoints": [{"address": address, "labels": {"version": "v1"}}],
-            }
-            for name, (grpc_service, address) in upstreams.items()
-        },
     }
-    if app is None:  # client only: an inbound listener would have nowhere to relay to
-        del config["listeners"]["inbound"]
-    else:
+    if app is not None:
         config["app"] = app
+        config["grpc_services"] = list(grpc_services or ())
+    if dependencies is not None:
+        config["dependencies"] = dependencies
     return config
 
 
@@ -141,11 +245,13 @@ class Launcher:
         group: procs.ProcessGroup,
         data_dir: Path,
         *,
-        ready_timeout: float = 20.0,
+        ports: Ports | None = None,
+        ready_timeout: float = 30.0,
         on_ready: Callable[[str, dict[str, Any]], None] | None = None,
     ) -> None:
         self.group = group
         self.on_ready = on_ready
+        self.ports = ports if ports is not None else Ports()
         self.mesh = DemoMesh(data_dir=data_dir, log_dir=data_dir / "logs")
         self.run_dir = data_dir / "run"
         self.ready_timeout = ready_timeout
@@ -164,43 +270,80 @@ class Launcher:
             self.on_ready(name, info)
         return proc, info
 
-    def sidecar(self, service: str, config: dict[str, Any]) -> tuple[procs.ManagedProcess, Sidecar]:
-        path = self.run_dir / f"sidecar-{service}.yaml"
+    def control_plane(self) -> ControlPlane:
+        data = self.mesh.data_dir / "control-plane"
+        _, info = self._start(
+            "control-plane",
+            [
+                "-m", "meshctl", "control-plane", "--data-dir", str(data),
+                "--grpc-listen", f"{HOST}:{self.ports.control_plane_grpc}",
+                "--http-listen", f"{HOST}:{self.ports.control_plane_http}",
+                "--warmup-ms", "0", "--debounce-ms", "20",
+            ],
+        )  # fmt: skip
+        self.mesh.control_plane = ControlPlane(str(info["grpc"]), str(info["http"]), data)
+        return self.mesh.control_plane
+
+    def sidecar(self, instance: str, config: dict[str, Any]) -> tuple[procs.ManagedProcess, Sidecar]:
+        name = f"sidecar-{instance}"
+        path = self.run_dir / f"{name}.yaml"
         path.write_text(yaml.safe_dump(config, sort_keys=False))
-        proc, info = self._start(f"sidecar-{service}", ["-m", "meshctl", "sidecar", "--config", str(path)])
-        sidecar = Sidecar(service, str(info["outbound"]), info.get("inbound"), str(info["admin"]), path)
-        self.mesh.sidecars[service] = sidecar
+        proc, info = self._start(name, ["-m", "meshctl", "sidecar", "--config", str(path)])
+        sidecar = Sidecar(
+            name,
+            str(config["service"]),
+            str(config["labels"]["version"]),
+            info.get("outbound"),
+            info.get("inbound"),
+            str(info["admin"]),
+            path,
+        )
+        self.mesh.sidecars[instance] = sidecar
         return proc, sidecar
 
     def app(self, name: str, module: str, listen: str, *extra: str) -> str:
-        _, info = self._start(name, ["-m", module, "--listen", listen, *extra])
+        proc, info = self._start(name, ["-m", module, "--listen", listen, *extra])
         self.mesh.apps[name] = str(info["address"])
+        self.mesh.app_procs[name] = proc
         return self.mesh.apps[name]
 
     def launch(self) -> DemoMesh:
+        self.ports.check_free()
         for stale in (self.run_dir, self.mesh.log_dir):  # left by an earlier run in the same --dir
             shutil.rmtree(stale, ignore_errors=True)
         self.run_dir.mkdir(parents=True)
         certs = issue_certificates(self.mesh.data_dir / "certs", ["users", "orders", "loadgen"])
+        control_plane = self.control_plane().grpc
 
-        users_app = self.app(
-            "users", "services.users", "127.0.0.1:0", "--version", "v1", "--instance", "users-v1-a"
-        )
-        _, users = self.sidecar("users", sidecar_config("users", certs["users"], app=users_app, upstreams={}))
-        to_users = {"users": users.serving("demo.v1.Users")}
-        orders = self._orders_pair(certs["orders"], to_users)
-        upstreams = {**to_users, "orders": orders.serving("demo.v1.Orders")}
-        self.sidecar("loadgen", sidecar_config("loadgen", certs["loadgen"], app=None, upstreams=upstreams))
+        for instance, version in USERS_INSTANCES:
+            app = self.app(
+                instance, "services.users", f"{HOST}:0", "--version", version, "--instance", instance
+            )
+            config = sidecar_config(
+                "users", certs["users"], control_plane=control_plane, version=version, app=app,
+                grpc_services=["demo.v1.Users"],
+            )  # fmt: skip
+            self.sidecar(instance, config)
+        self._orders_pair(certs["orders"], control_plane)
+        entry = f"{HOST}:{self.ports.entry}"
+        config = sidecar_config(
+            "loadgen", certs["loadgen"], control_plane=control_plane, app=None, outbound=entry,
+            dependencies=["users", "orders"],
+        )  # fmt: skip
+        self.sidecar("loadgen", config)
         return self.mesh
 
-    def _orders_pair(self, tls: WorkloadFiles, upstreams: dict[str, tuple[str, str]]) -> Sidecar:
+    def _orders_pair(self, tls: WorkloadFiles, control_plane: str) -> Sidecar:
         """The orders sidecar, then the orders app on the port that sidecar relays to."""
         attempt = 1
         while True:
-            app = f"127.0.0.1:{free_port()}"
-            proc, sidecar = self.sidecar(
-                "orders", sidecar_config("orders", tls, app=app, upstreams=upstreams)
-            )
+            app = f"{HOST}:{free_port()}"
+            config = sidecar_config(
+                "orders", tls, control_plane=control_plane, app=app, grpc_services=["demo.v1.Orders"],
+                outbound=f"{HOST}:0", dependencies=["users"],
+            )  # fmt: skip
+            proc, sidecar = self.sidecar("orders", config)
+            assert sidecar.outbound is not None
             try:
                 self.app(
                     "orders", "services.orders", app, "--users-target", sidecar.outbound,
@@ -211,4 +354,5 @@ class Launcher:
                 if err.returncode != BIND_ERROR_EXIT or attempt == BIND_ATTEMPTS:
                     raise
             self.group.stop(proc)
+            del self.mesh.sidecars["orders"]
             attempt += 1

@@ -11,7 +11,6 @@ import random
 import time
 import urllib.parse
 import uuid
-from pathlib import Path
 from typing import Any
 
 import grpc
@@ -20,7 +19,7 @@ import pytest
 from tests.integration.conftest import MAX_MESSAGE_BYTES
 from tests.support import h2_client
 from tests.support.clients import ECHO, aio_channel, channel, control, grpcurl, server_state
-from tests.support.mesh import Mesh, admin_stats, http_get, wait_for
+from tests.support.mesh import Mesh, admin_stats, connections_accepted_on, http_get, wait_for
 from tests.support.rich_status import DETAILS_KEY, error_infos, parse_status, rich_status_bytes
 
 pytestmark = pytest.mark.integration
@@ -297,18 +296,6 @@ def test_unknown_method_is_the_apps_unimplemented(mesh: Mesh) -> None:
 
 
 # ------------------------------------------------------------------------ concurrency
-
-
-def connections_accepted_on(port: int) -> int:
-    """Established TCP connections whose local end is loopback `port` (a listener's accepted
-    connections), IPv4 or IPv4-mapped IPv6."""
-    count = 0
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        for line in Path(table).read_text().splitlines()[1:]:
-            local, state = line.split()[1], line.split()[3]
-            if state == "01" and local.endswith(f"0100007F:{port:04X}"):
-                count += 1
-    return count
 
 
 def test_a_thousand_concurrent_streams_on_one_connection(mesh: Mesh) -> None:

@@ -111,6 +111,18 @@ def admin_stats(address: str) -> dict[str, Any]:
     return stats
 
 
+def connections_accepted_on(port: int) -> int:
+    """Established TCP connections whose local end is loopback `port` (a listener's accepted
+    connections), IPv4 or IPv4-mapped IPv6."""
+    count = 0
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            local, state = line.split()[1], line.split()[3]
+            if state == "01" and local.endswith(f"0100007F:{port:04X}"):
+                count += 1
+    return count
+
+
 def vm_rss_kib(pid: int) -> int:
     """The resident set size of a process, from /proc/PID/status, in KiB."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():

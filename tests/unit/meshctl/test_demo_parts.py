@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import json
+import re
 import socket
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -15,8 +13,10 @@ from meshctl.demo import mesh as demo_mesh
 
 demo_mesh.ensure_stubs_importable()
 
-from meshctl.demo import view  # noqa: E402
+from control_plane.policy import validate  # noqa: E402
+from meshctl.demo import policies, scrape, story, view  # noqa: E402
 from meshctl.demo.loadgen import WINDOW, ServiceStats, percentile  # noqa: E402
+from sidecar.config import parse_config  # noqa: E402
 
 
 def test_percentile_is_nearest_rank() -> None:
@@ -41,101 +41,146 @@ def test_service_stats_totals_and_sliding_window() -> None:
     assert s.overall() == (20.0, 100.0)
 
 
-def stats(users: tuple[int, int], orders: tuple[int, int]) -> dict[str, ServiceStats]:
-    out = {}
-    for name, (calls, errors) in (("users", users), ("orders", orders)):
-        s = ServiceStats()
-        for i in range(calls):
-            s.record(float(i), 1.0, "UNAVAILABLE" if i < errors else "OK", "v1")
-        out[name] = s
-    return out
-
-
-def test_pass_needs_calls_to_every_service_and_under_one_percent_errors() -> None:
-    assert view.passed(stats((500, 0), (500, 9)))
-    assert not view.passed(stats((500, 0), (500, 10)))
-    assert not view.passed(stats((500, 0), (0, 0)))
-
-
-def test_summary_lines_name_each_service_counts_and_failure_codes() -> None:
-    lines = view.summary_lines(stats((100, 0), (50, 2)), 5.0, stopped_early=True)
-    assert lines[0] == "summary (stopped early after 5.0s, measured by the client):"
-    assert lines[1].startswith("  users   calls=100 errors=0 req/s=20.0 ")
-    assert "versions=v1 100%" in lines[1]
-    assert lines[2].startswith("  orders  calls=50 errors=2 ") and lines[2].endswith("(UNAVAILABLE x2)")
-    assert lines[3] == "result: FAIL: 2 errors in 150 calls (1.33%, limit 1%)"
-
-
-def serve_json(body: object) -> tuple[ThreadingHTTPServer, str]:
-    payload = json.dumps(body).encode()
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            self.send_response(200 if self.path == "/stats" else 404)
-            self.end_headers()
-            self.wfile.write(payload)
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
-    return server, f"127.0.0.1:{server.server_address[1]}"
-
-
-@pytest.mark.parametrize("nested", [False, True])
-def test_sidecar_stats_lines_show_the_sidecars_own_counts(nested: bool) -> None:
-    calls = {
-        "users": {
-            "total": 7,
-            "errors": 1,
-            "by_status": {"0": 6, "14": 1},
-            "latency_ms": {"p50": 1.25, "p99": 4},
-        }
-    }
-    server, admin = serve_json({"calls": {"outbound": calls} if nested else calls, "counters": {}})
-    try:
-        assert view.sidecar_stats_lines(admin) == [
-            "as counted by the load generator's sidecar (/stats):",
-            "  users   total=7 errors=1 p50=1.2ms p99=4.0ms",
-        ]
-    finally:
-        server.shutdown()
-        server.server_close()
-
-
-@pytest.mark.parametrize("body", [{"calls": {}}, {"other": 1}, ["not", "a", "dict"]])
-def test_sidecar_stats_lines_are_empty_for_nothing_or_another_shape(body: object) -> None:
-    server, admin = serve_json(body)
-    try:
-        assert view.sidecar_stats_lines(admin) == []
-    finally:
-        server.shutdown()
-        server.server_close()
-
-
-def test_sidecar_stats_lines_are_empty_when_nothing_answers() -> None:
-    assert view.sidecar_stats_lines(f"127.0.0.1:{demo_mesh.free_port()}", timeout=0.5) == []
-
-
-def test_sidecar_config_matches_the_static_contract(tmp_path: Path) -> None:
-    tls = WorkloadFiles(cert=tmp_path / "o.pem", key=tmp_path / "o-key.pem", ca=tmp_path / "ca.pem")
-    config = demo_mesh.sidecar_config(
-        "orders", tls, app="127.0.0.1:5", upstreams={"users": ("demo.v1.Users", "127.0.0.1:7")}
+def _labels(reporter: str, version: str, status: str, le: str = "") -> str:
+    text = (
+        f'reporter="{reporter}",destination_service="users",destination_version="{version}",'
+        f'grpc_response_status="{status}"'
     )
-    assert config["service"] == "orders" and config["app"] == "127.0.0.1:5"
-    assert config["listeners"] == {
-        "outbound": "127.0.0.1:0",
-        "inbound": "127.0.0.1:0",
-        "admin": "127.0.0.1:0",
-    }
-    assert config["services"]["users"] == {
-        "grpc_services": ["demo.v1.Users"],
-        "endpoints": [{"address": "127.0.0.1:7", "labels": {"version": "v1"}}],
-    }
-    client_only = demo_mesh.sidecar_config("loadgen", tls, app=None, upstreams={})
-    assert "app" not in client_only
-    assert client_only["listeners"] == {"outbound": "127.0.0.1:0", "admin": "127.0.0.1:0"}
+    return "{" + text + (f',le="{le}"' if le else "") + "}"
+
+
+DURATION = "istio_request_duration_milliseconds"
+METRICS = "\n".join(
+    [
+        "# TYPE istio_requests_total counter",
+        f"istio_requests_total{_labels('source', 'v1', '0')} 90",
+        f"istio_requests_total{_labels('source', 'v1', '14')} 10",
+        f"istio_requests_total{_labels('source', 'v2', '0')} 100",
+        f"istio_requests_total{_labels('destination', 'v2', '0')} 999",
+        f"# TYPE {DURATION} histogram",
+        *(
+            f"{DURATION}_bucket{_labels('source', 'v2', '0', le)} {n}"
+            for le, n in (("1.0", 0), ("5.0", 50), ("10.0", 100), ("+Inf", 100))
+        ),
+        f"{DURATION}_sum{_labels('source', 'v2', '0')} 500",
+        f"{DURATION}_count{_labels('source', 'v2', '0')} 100",
+        "# TYPE grpc_mesh_retries_total counter",
+        'grpc_mesh_retries_total{direction="outbound"} 7',
+        "# TYPE grpc_mesh_not_grpc_total counter",
+        'grpc_mesh_not_grpc_total{direction="outbound"} 3',
+        "",
+    ]
+)
+
+
+def test_parse_sums_source_series_and_keeps_mesh_counters() -> None:
+    sample = scrape.Sample(0.0)
+    scrape.parse(METRICS, sample)
+    scrape.parse(METRICS, sample)  # a second sidecar adds to the same series
+    v1, v2 = sample.series[("users", "v1")], sample.series[("users", "v2")]
+    assert (v1.calls, v1.ok) == (200, 180)
+    assert (v2.calls, v2.ok) == (200, 200)  # the destination-reported 999 is not a caller's view
+    assert v2.buckets[5.0] == 100 and v2.buckets[float("inf")] == 200
+    assert sample.counters == {"grpc_mesh_retries{outbound}": 14, "grpc_mesh_not_grpc{outbound}": 6}
+
+
+def test_quantile_interpolates_within_its_bucket() -> None:
+    buckets = {1.0: 0.0, 5.0: 50.0, 10.0: 100.0, float("inf"): 100.0}
+    assert scrape.quantile(0.5, buckets) == 5.0
+    assert scrape.quantile(0.75, buckets) == 7.5
+    assert scrape.quantile(0.99, buckets) == pytest.approx(9.9)
+    assert scrape.quantile(0.5, {}) == 0.0
+    assert scrape.quantile(0.99, {10.0: 1.0, float("inf"): 100.0}) == 10.0  # past the last finite bound
+
+
+def test_rows_are_the_difference_between_two_samples() -> None:
+    older, newer = scrape.Sample(10.0), scrape.Sample(12.0)
+    scrape.parse(METRICS, newer)
+    rows = {(r.service, r.version): r for r in scrape.rows(older, newer)}
+    v1, v2 = rows[("users", "v1")], rows[("users", "v2")]
+    assert (v1.calls, v1.rate, v1.success, v1.share) == (100, 50.0, 0.9, 0.5)
+    assert (v2.calls, v2.success, v2.p50) == (100, 1.0, 5.0)
+    assert scrape.share(rows.values(), "users", "v2") == (0.5, 200)
+    assert scrape.success(rows.values(), "users") == (0.95, 200)
+    assert scrape.rows(newer, newer) == []  # nothing happened in between
+    assert scrape.counter_deltas(older, newer, ("retr",)) == {"grpc_mesh_retries{outbound}": 7}
+
+
+def test_share_check_tolerance_follows_the_sample_size() -> None:
+    rows = [
+        scrape.Row("users", "v1", 880, 1, 1, 1, 1, 0.88),
+        scrape.Row("users", "v2", 120, 1, 1, 1, 1, 0.12),
+    ]
+    assert story.share_check(rows, "v2", 0.10).ok  # 12% of 1000 calls: within 4 sigma (3.8 points)
+    assert not story.share_check(rows, "v2", 0.05).ok
+    assert not story.share_check(rows, "v2", 0.0).ok  # weight 0 sends nothing, exactly
+    assert story.tolerance(0.5, 10_000) == 0.03  # never tighter than 3 points
+    assert story.success_check(rows).ok
+    assert not story.success_check([]).ok  # no calls proves nothing
+
+
+def test_the_story_policies_pass_the_policy_api_validation() -> None:
+    for document in (
+        policies.strict_mtls(),
+        policies.destination_rule(),
+        policies.virtual_service(100, 0, canary_route=False),
+        policies.virtual_service(90, 10, canary_route=True),
+    ):
+        validate(document)
+    spec = policies.virtual_service(90, 10, canary_route=True)["spec"]
+    assert policies.weights(spec) == {"v1": 90, "v2": 10}
+    assert spec["http"][0]["match"] == [{"headers": {"x-canary": {"exact": "true"}}}]
+
+
+def test_summary_names_the_failed_checks() -> None:
+    ok = story.StepResult("1", "all traffic on v1", checks=[story.Check("a", True, "")])
+    bad = story.StepResult("2", "canary: 90/10", checks=[story.Check("users v2 share", False, "")])
+    lines = view.summary_lines([ok, bad])
+    assert lines[-3].split() == ["step", "1", "all", "traffic", "on", "v1", "ok"]
+    assert lines[-2].endswith("FAIL (users v2 share)")
+    assert lines[-1] == "result: FAIL: 2 steps"
+
+
+def test_sidecar_configs_are_ones_the_sidecar_accepts(tmp_path: Path) -> None:
+    tls = WorkloadFiles(cert=tmp_path / "o.pem", key=tmp_path / "o-key.pem", ca=tmp_path / "ca.pem")
+    for path in (tls.cert, tls.key, tls.ca):
+        path.write_text("")  # the config checks that they exist; the sidecar reads them later
+    orders = demo_mesh.sidecar_config(
+        "orders", tls, control_plane="127.0.0.1:15010", app="127.0.0.1:5", grpc_services=["demo.v1.Orders"],
+        outbound="127.0.0.1:0", dependencies=["users"],
+    )  # fmt: skip
+    parsed = parse_config(orders)
+    assert parsed.app is not None and parsed.outbound is not None and parsed.inbound is not None
+    assert parsed.grpc_services == ("demo.v1.Orders",) and parsed.dependencies == ("users",)
+    client_only = parse_config(
+        demo_mesh.sidecar_config(
+            "loadgen", tls, control_plane="127.0.0.1:15010", app=None, outbound="127.0.0.1:0"
+        )
+    )
+    assert client_only.inbound is None and client_only.app is None
+    users_v2 = parse_config(
+        demo_mesh.sidecar_config(
+            "users",
+            tls,
+            control_plane="127.0.0.1:15010",
+            version="v2",
+            app="127.0.0.1:6",
+            grpc_services=["demo.v1.Users"],
+        )
+    )
+    assert users_v2.labels == {"version": "v2"} and users_v2.outbound is None
+
+
+def test_a_fixed_port_in_use_is_named_before_anything_starts() -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        port = sock.getsockname()[1]
+        with pytest.raises(
+            demo_mesh.PortInUse, match=re.escape(f"127.0.0.1:{port} (the control plane's REST API) is in use")
+        ):
+            demo_mesh.Ports(0, port, 0).check_free()
+    demo_mesh.Ports.any().check_free()  # port 0 is never in use
 
 
 def test_free_port_is_bindable_right_after() -> None:
