@@ -7,6 +7,7 @@ import contextlib
 import dataclasses
 import logging
 import random
+import ssl
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -235,6 +236,12 @@ class Sidecar:
         assert handler is not None
         return handler
 
+    def _inbound_ssl(self) -> ssl.SSLContext:
+        """The server context in force, read per accepted connection (so a swapped one applies to
+        the next connection)."""
+        assert self._server_ssl is not None  # the config requires tls with an inbound listener
+        return self._server_ssl
+
     def _inbound(self) -> Handler:
         handler = self.snapshot.inbound
         assert handler is not None
@@ -272,11 +279,9 @@ class Sidecar:
                 metrics=self.metrics.calls,
                 access_log=self.access_log,
             )
-            server_ssl = self._server_ssl
-            assert server_ssl is not None  # the config requires tls with an inbound listener
             listener = InboundListener(
                 relay.protocol,
-                lambda: server_ssl,
+                self._inbound_ssl,
                 lambda: self.snapshot.peer_authn.plaintext_allowed,
                 self.stats,
             )

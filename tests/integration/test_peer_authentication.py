@@ -31,6 +31,7 @@ from tests.support.control_plane_mesh import (
     policy_spec,
     start_sidecars,
     wait_all_ready,
+    wait_for_endpoints,
 )
 from tests.support.mesh import http_get, wait_for
 
@@ -93,11 +94,7 @@ def test_strict_by_default_permissive_when_pushed_and_back(tmp_path: Path) -> No
             server, client = start_sidecars(group, root, ca, control_plane.grpc, specs, timeout=TIMEOUT)
             wait_all_ready([server, client], TIMEOUT)
             inbound = server.inbound
-            wait_for(
-                lambda: bool(client.config_dump()["config"]["services"].get("echo", {}).get("endpoints")),
-                TIMEOUT,
-                "the client sidecar to learn echo's endpoint",
-            )
+            wait_for_endpoints(client, "echo", TIMEOUT)
             assert server.config_dump()["peer_authentication"] == {"mode": "STRICT", "policy": ""}
 
             # STRICT, by default: mTLS with a mesh certificate only.

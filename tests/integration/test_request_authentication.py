@@ -31,8 +31,9 @@ from tests.support.control_plane_mesh import (
     logs_note,
     start_sidecars,
     wait_all_ready,
+    wait_for_endpoints,
 )
-from tests.support.mesh import http_get, wait_for
+from tests.support.mesh import http_get
 
 pytestmark = pytest.mark.integration
 
@@ -85,11 +86,7 @@ def test_jwt_validated_and_its_claims_authorize(tmp_path: Path) -> None:
             control_plane.start(warmup_ms=0)
             server, client = start_sidecars(group, root, ca, control_plane.grpc, specs, timeout=TIMEOUT)
             wait_all_ready([server, client], TIMEOUT)
-            wait_for(
-                lambda: bool(client.config_dump()["config"]["services"].get("echo", {}).get("endpoints")),
-                TIMEOUT,
-                "the client sidecar to learn echo's endpoint",
-            )
+            wait_for_endpoints(client, "echo", TIMEOUT)
             path = root / "policy.yaml"
             path.write_text(yaml.safe_dump_all(policies(jwks.as_uri()), sort_keys=False))
             control_plane.ok("apply", "-f", str(path), "--wait", "--timeout", "30s")

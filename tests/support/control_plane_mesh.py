@@ -392,6 +392,17 @@ def wait_all_ready(sidecars: Sequence[RunningSidecar], timeout: float) -> None:
     wait_for(all_ready, timeout, "every sidecar to apply its first snapshot")
 
 
+def wait_for_endpoints(sidecar: RunningSidecar, service: str, timeout: float) -> None:
+    """Poll a sidecar's /config_dump until it knows an endpoint of `service` (an app counts as an
+    endpoint once its health check says it serves)."""
+
+    def known() -> bool:
+        services = sidecar.config_dump()["config"]["services"]
+        return bool(services.get(service, {}).get("endpoints"))
+
+    wait_for(known, timeout, f"{sidecar.name} to learn an endpoint of {service}")
+
+
 def policy_spec(dump: Mapping[str, Any], kind: str, name: str) -> Any:
     """The spec of the pushed policy `kind`/`name` in a sidecar's /config_dump (None: absent)."""
     for policy in dump.get("policies", []):
