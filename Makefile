@@ -60,3 +60,9 @@ bench-control-plane: venv
 .PHONY: bench-authz
 bench-authz: venv
 	$(PY) -m bench.authz
+
+# Chaos scenarios (an endpoint killed, slowed, failing) and retry amplification, each next to a
+# no-fault baseline (bench/README.md). Writes bench/results/resilience.md. Not part of `make test`.
+.PHONY: bench-resilience
+bench-resilience: venv
+	$(PY) -m bench.resilience

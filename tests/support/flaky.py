@@ -85,7 +85,7 @@ class Script:
         return self.queue.pop(0) if self.queue else Ok()
 
 
-class _Flaky(grpc.GenericRpcHandler):
+class _Flaky(grpc.GenericRpcHandler):  # type: ignore[misc,unused-ignore]  # grpc is untyped here
     def __init__(self, script: Script, port: list[int]) -> None:
         self.script = script
         self.port = port  # filled in once the server is bound
@@ -95,7 +95,7 @@ class _Flaky(grpc.GenericRpcHandler):
             return None
         return grpc.unary_stream_rpc_method_handler(self._call)
 
-    async def _call(self, request: bytes, context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:  # type: ignore[type-arg]
+    async def _call(self, request: bytes, context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:  # type: ignore[type-arg,unused-ignore]
         metadata = {k: v for k, v in context.invocation_metadata() or () if isinstance(v, str)}
         action = self.script.next(self.port[0], metadata)
         if isinstance(action, Sleep):
