@@ -3,6 +3,7 @@ report's columns, the runs it makes and its arguments."""
 
 from __future__ import annotations
 
+import asyncio
 from collections import Counter
 from datetime import UTC, datetime
 
@@ -44,6 +45,14 @@ def test_success_rate_failures_and_amplification_count_the_callers_calls() -> No
     assert r.latency_ms(50) == 10.0
     assert r.latency_ms(99) == 1000.0
     assert result([res.Outcome(0, 0.01, OK)]).failures() == "—"
+    cut = [
+        res.Outcome(0, 0.1, UNAVAILABLE, "Cancelling all calls"),
+        res.Outcome(1, 1.0, DEADLINE, "deadline"),
+    ]
+    assert result(cut + cut[:1]).messages() == [
+        (2, "UNAVAILABLE", "Cancelling all calls"),
+        (1, "DEADLINE_EXCEEDED", "deadline"),
+    ]
     assert result([]).success_rate == 0.0
     assert result([]).amplification == 0.0
 
@@ -78,6 +87,7 @@ def test_a_baseline_with_a_failed_call_is_a_problem_a_faulty_run_is_not() -> Non
     )
     assert f"## {res.TITLES['slow']}" in text
     assert "## Problems\n\n- slow / a run: 1 DEADLINE_EXCEEDED" in text
+    assert '- slow / a run: 1x DEADLINE_EXCEEDED ""' in text  # under "Failures by message"
 
 
 def test_every_scenario_starts_with_its_baseline_and_its_policies_are_valid() -> None:
@@ -114,3 +124,21 @@ def test_arguments_are_checked() -> None:
         res.parse_args(["--only", "kill,explode"])
     with pytest.raises(SystemExit):
         res.parse_args(["--rate", "0"])
+
+
+def test_a_stalled_run_is_run_again_and_the_least_stalled_try_is_kept(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    stalls = iter([0.5, 0.3, 0.4, 0.1])
+    variant = res.Variant("slow", "a run", res.route())
+
+    async def fake_run(v: res.Variant, settings: res.Settings, root: object) -> res.Result:
+        return res.Result(v, [], 0, Counter(), None, [], res.Load(1.0, 0.5, next(stalls)))
+
+    monkeypatch.setattr(res, "run_variant", fake_run)
+    monkeypatch.setattr(res, "variants", lambda: {"slow": [variant, variant]})
+    settings = res.Settings(100, 1, 0.01, max_stall=0.2, redos=2)
+    first, second = asyncio.run(res.run_all(settings, set()))["slow"]
+    assert (first.load.worst_stall, first.tries) == (0.3, 3)  # 0.5, 0.3, 0.4: redone twice, no more
+    assert (second.load.worst_stall, second.tries) == (0.1, 1)
+    assert "| a run (least stalled of 3) |" in res.table([first])
