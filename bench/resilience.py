@@ -408,6 +408,8 @@ _RETRY_COUNTERS = (
     "transparent_retries",
     "retry_denied_budget",
     "retry_denied_throttle",
+    "retry_denied_max_retries",
+    "retry_pushback_stop",
     "retry_exhausted",
     "retry_deadline",
 )
