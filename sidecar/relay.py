@@ -424,7 +424,8 @@ class ProxyCall:
         if not down.headers_sent:
             if end_stream:
                 status = status_of(headers)
-                if status != Code.OK and self._retry(status, _pushback_header(headers)):
+                pushed = _pushback_header(headers)
+                if status != Code.OK and self._retry(status, pushed, self._per_try_due()):
                     return
                 conn.send_headers(down, _response_headers(headers), True)
                 self._finish(status)
@@ -498,6 +499,12 @@ class ProxyCall:
             return
         self._abort_upstream(F.CANCEL)
         self.fail(Code.DEADLINE_EXCEEDED, "per-try timeout exceeded", "deadline")
+
+    def _per_try_due(self) -> bool:
+        """The perTryTimeout is up (its timer due, not yet run): an upstream answer now, such as the
+        DEADLINE_EXCEEDED of the per-try `grpc-timeout` it was given, is that timeout's expiry."""
+        per_try = self.per_try
+        return per_try is not None and per_try.when() <= self.relay.loop.time()
 
     def _retry(self, status: int, pushed: bytes | None, per_try: bool = False) -> bool:
         """The current attempt failed with `status` before the call committed: start another
