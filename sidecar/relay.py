@@ -865,7 +865,8 @@ class Relay:
             version = metrics.version
         call = ProxyCall(self, stream, head, parsed, target, now, version, handler)
         if self.tracer is not None:
-            call.trace = self.tracer.start(parsed.forward, parsed.path, self.direction)
+            from_sidecar = head.peer is not None
+            call.trace = self.tracer.start(parsed.forward, parsed.path, self.direction, from_sidecar)
         if deadline is not None:
             call.timer = (
                 self.loop.call_at(deadline, call.on_deadline)
@@ -890,7 +891,8 @@ class Relay:
             )
         trace = None
         if self.tracer is not None:  # a refused call is a span too (status set, no upstream)
-            trace = self.tracer.start(parsed.forward, parsed.path, self.direction)
+            from_sidecar = head.peer is not None
+            trace = self.tracer.start(parsed.forward, parsed.path, self.direction, from_sidecar)
             if trace is not None:
                 trace.end(code)
         if self.access_log is not None:

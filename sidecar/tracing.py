@@ -11,10 +11,12 @@ insecure, ...).
 The caller's context comes from W3C `traceparent` (+ `tracestate`), else B3 (`b3`, or
 `x-b3-traceid`/`x-b3-spanid`/`x-b3-sampled`). The sidecar decides sampling itself, from the
 header bytes, before any OpenTelemetry object exists: a call that is not sampled costs a scan of
-its headers and, when the sidecar starts the trace, one `traceparent` it adds (flags 00) so the
-next hop keeps the decision. Only a sampled call makes an SDK span. The span's context replaces
-the `traceparent` sent upstream, so the next hop's span is its child. Export runs on the SDK's
-batch thread: a full queue drops spans, a down collector delays nothing.
+its headers (and, at the root, one random trace id), and changes nothing. A sidecar sends a
+context with every call it sampled, so a sidecar called by another one without a context knows
+the caller did not sample it (with a parent-based sampler). Only a sampled call makes an SDK
+span. The span's context replaces the `traceparent` sent upstream, so the next hop's span is its
+child. Export runs on the SDK's batch thread: a full queue drops spans, a down collector delays
+nothing.
 """
 
 from __future__ import annotations
@@ -226,8 +228,13 @@ class Tracer:
         self.provider.add_span_processor(self.processor)
         self.tracer = self.provider.get_tracer("grpc-mesh-sidecar")
 
-    def start(self, headers: tuple[Header, ...], path: str, direction: str) -> CallTrace | None:
-        """The call's trace (None: nothing to add or record, the headers go on as they are)."""
+    def start(
+        self, headers: tuple[Header, ...], path: str, direction: str, from_sidecar: bool = False
+    ) -> CallTrace | None:
+        """The call's trace (None: nothing to add or record, the headers go on as they are).
+        `from_sidecar`: the call came from another sidecar (mutual TLS), which sends a context
+        with every call it sampled, so with a parent-based sampler a call without one is not
+        sampled either; otherwise a call without a context is a new trace's root."""
         traceparent = None
         other = False
         for header in headers:
@@ -242,14 +249,12 @@ class Tracer:
             if traceparent[-3:] == b"-00" and sampler.parent_based:
                 return None  # the common case: the caller decided not to sample
         elif not other:
+            if from_sidecar and sampler.parent_based:
+                return None  # the calling sidecar did not sample it
             trace_id = self.rand.getrandbits(128) or 1
             if (trace_id & _LOW_64) < sampler.bound:
                 return self._span(headers, path, direction, trace_id, None, None)
-            if direction != "outbound":
-                return None
-            # The trace starts here, unsampled: the next hop keeps the decision.
-            value = b"00-%032x-%016x-00" % (trace_id, self.rand.getrandbits(64) or 1)
-            return CallTrace((*headers, (b"traceparent", value, False)))
+            return None  # a root not sampled: nothing is sent, the next sidecar knows
         return self._continue(headers, path, direction)
 
     def _continue(self, headers: tuple[Header, ...], path: str, direction: str) -> CallTrace | None:

@@ -187,19 +187,29 @@ def test_b3_parents_are_accepted_and_continued_as_w3c() -> None:
     assert span.parent.span_id == PARENT
 
 
-def test_unsampled_calls_make_no_span_and_keep_the_decision_downstream() -> None:
+def test_unsampled_calls_make_no_span_and_change_nothing() -> None:
     tracer, exporter = _tracer(Sampler("parentbased_traceidratio", 0.0))
     # the caller decided: its headers go on untouched
     assert tracer.start((*BASE, (b"traceparent", TRACEPARENT[:-1] + b"0", False)), PATH, "outbound") is None
-    # a trace the outbound sidecar starts: flags 00 for the next hop, no span
-    call = tracer.start(BASE, PATH, "outbound")
-    assert call is not None and call.span is None
-    assert _sent(call.headers)[2] is False
-    call.end(0)
-    # an inbound call without a context that is not sampled: nothing at all
-    assert tracer.start(BASE, PATH, "inbound") is None
+    # a root that is not sampled: nothing sent (a sidecar sends a context with what it sampled)
+    assert tracer.start(BASE, PATH, "outbound") is None
+    # from another sidecar without a context: that sidecar did not sample it, even at ratio 1
+    always = Tracer(InMemorySpanExporter(), Sampler("parentbased_always_on"), service_name="users")
+    assert always.start(BASE, PATH, "inbound", from_sidecar=True) is None
+    # ... while a plaintext (PERMISSIVE) caller without one starts a trace here
+    root = always.start(BASE, PATH, "inbound", from_sidecar=False)
+    assert root is not None and root.span is not None
+    # a non-parent-based sampler decides on its own
+    own = Tracer(InMemorySpanExporter(), Sampler("always_on"), service_name="users")
+    assert own.start(BASE, PATH, "inbound", from_sidecar=True) is not None
     # a sampled parent is followed even at ratio 0
     sampled = tracer.start((*BASE, (b"traceparent", TRACEPARENT, False)), PATH, "outbound")
     assert sampled is not None and sampled.span is not None
     sampled.end(0)
+    # an unsampled B3 parent: continued as W3C with flags 00
+    b3 = tracer.start(
+        (*BASE, (b"b3", b"0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-0", False)), PATH, "outbound"
+    )
+    assert b3 is not None and b3.span is None
+    assert _sent(b3.headers) == (TRACE, PARENT, False)
     assert len(_finished(tracer, exporter)) == 1
