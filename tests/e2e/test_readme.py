@@ -1,7 +1,12 @@
 """Every command in README.md runs: its ```sh blocks, in order, as one bash script (`set -e`), in a
 scratch directory laid out like the checkout (`.venv` linked, `examples/` copied), with real
 processes on the walkthrough's fixed ports. The two quick-start commands are covered elsewhere
-(`NOT_RUN_HERE` says where)."""
+(`NOT_RUN_HERE` says where).
+
+So a command added to the README must work there: after the commands above it (the walkthrough's
+processes are still running, `MESHCTL_SERVER` and `MESHCTL_TOKEN` exported), exit 0, and end by
+itself — a process that runs until stopped is started with `&` (this test stops the whole process
+group at the end), and one that refreshes forever is given a bound in the README (e.g. `timeout`)."""
 
 from __future__ import annotations
 

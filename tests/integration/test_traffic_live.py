@@ -36,8 +36,9 @@ from tests.support.control_plane_mesh import (
     logs_note,
     start_sidecars,
     wait_all_ready,
+    wait_for_endpoints,
 )
-from tests.support.mesh import connections_accepted_on, wait_for
+from tests.support.mesh import connections_accepted_on
 
 TIMEOUT = 30.0
 WORKERS = 8  # concurrent callers on the one connection
@@ -85,11 +86,7 @@ def users_mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[UsersMesh]:
             wait_all_ready(sidecars, TIMEOUT)
             client = sidecars[-1]
 
-            def all_instances_known() -> bool:
-                services = client.config_dump()["config"]["services"]
-                return len(services.get("users", {}).get("endpoints", [])) == 3
-
-            wait_for(all_instances_known, TIMEOUT, "the client sidecar to know the three users instances")
+            wait_for_endpoints(client, "users", TIMEOUT, count=3)
             yield UsersMesh(root, control_plane, client)
         except BaseException as exc:
             exc.add_note(logs_note(root))

@@ -429,15 +429,15 @@ def wait_all_ready(sidecars: Sequence[RunningSidecar], timeout: float) -> None:
     wait_for(all_ready, timeout, "every sidecar to apply its first snapshot")
 
 
-def wait_for_endpoints(sidecar: RunningSidecar, service: str, timeout: float) -> None:
-    """Poll a sidecar's /config_dump until it knows an endpoint of `service` (an app counts as an
-    endpoint once its health check says it serves)."""
+def wait_for_endpoints(sidecar: RunningSidecar, service: str, timeout: float, count: int = 1) -> None:
+    """Poll a sidecar's /config_dump until it knows `count` endpoints of `service` (an app counts as
+    an endpoint once its health check says it serves)."""
 
     def known() -> bool:
         services = sidecar.config_dump()["config"]["services"]
-        return bool(services.get(service, {}).get("endpoints"))
+        return len(services.get(service, {}).get("endpoints", [])) >= count
 
-    wait_for(known, timeout, f"{sidecar.name} to learn an endpoint of {service}")
+    wait_for(known, timeout, f"{sidecar.name} to learn {count} endpoint(s) of {service}")
 
 
 def policy_spec(dump: Mapping[str, Any], kind: str, name: str) -> Any:
