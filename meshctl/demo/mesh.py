@@ -36,6 +36,11 @@ NAMESPACE = "default"
 # inside the supervisor's grace so a sidecar always exits by itself.
 DRAIN_SECONDS = 2.0
 STOP_GRACE = 5.0
+# When one instance hangs, every call sent to it waits out the route's perTryTimeout and then
+# retries: about rate x its share x perTryTimeout retries at once, far more than the default
+# budget (20% of the calls in flight, at least 3) lets through in a mesh this small. The story's
+# fault step shows retries keeping callers whole; a retry storm is what the budget is for at scale.
+RETRY_BUDGET = {"percent": 100, "min_retry_concurrency": 50}
 BIND_ATTEMPTS = 3
 BIND_ERROR_EXIT = 2  # services exit with this when they cannot listen (services.common.server)
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -228,6 +233,7 @@ def sidecar_config(
         "listeners": listeners,
         "tls": {"cert": str(tls.cert), "key": str(tls.key), "ca": str(tls.ca)},
         "drain_seconds": DRAIN_SECONDS,
+        "retry_budget": RETRY_BUDGET,
     }
     if app is not None:
         config["app"] = app

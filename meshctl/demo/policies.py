@@ -13,7 +13,7 @@ SPLIT_ROUTE = "split"
 # out (retried whatever retryOn says) or, first, the upstream sidecar, which enforces the attempt's
 # grpc-timeout and answers DEADLINE_EXCEEDED; so deadline-exceeded is retried too (a retry that
 # would end after the call's own deadline is never made). One whose app is gone is UNAVAILABLE.
-RETRIES = {"attempts": 3, "perTryTimeout": "500ms", "retryOn": "unavailable,deadline-exceeded"}
+RETRIES = {"attempts": 3, "perTryTimeout": "250ms", "retryOn": "unavailable,deadline-exceeded"}
 
 
 def strict_mtls() -> dict[str, Any]:

@@ -224,8 +224,8 @@ class Story:
                 "its health stream stay up, so the control plane keeps it an endpoint. Each attempt sent",
                 f"there ends at the route's perTryTimeout ({policies.RETRIES['perTryTimeout']}) and is "
                 "retried on the other v1 instance;",
-                "outlier detection ejects it after 3 failures in a row. Measured from the hang on; resumed",
-                "(SIGCONT) after.",
+                "outlier detection ejects it after 3 failures in a row. (The demo's sidecars let every call",
+                "in flight retry: `retry_budget` in their config.) Measured from the hang on; resumed after.",
             ],
             self._hang_one_v1,
             self._fault_checks,
