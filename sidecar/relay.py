@@ -554,6 +554,8 @@ class ProxyCall:
         self.attempt += 1
         self.flags = "retried"
         stats.incr(f"{self.direction}.retries")
+        if self.trace is not None:
+            self.trace.retried(self.attempt, status, delay)
         self._replay_into(up)
         self.wait = relay.loop.call_later(delay, self._next_attempt)
         return True
@@ -697,7 +699,7 @@ class ProxyCall:
         if self.report is not None:
             self.report(status)
         if self.trace is not None:
-            self.trace.end(status)
+            self.trace.end(status, self.attempt)
         dest = self.dest
         if dest is not None:
             dest.active -= 1

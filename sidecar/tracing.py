@@ -184,11 +184,27 @@ class CallTrace:
         self.headers = headers
         self.span = span
 
-    def end(self, status: int) -> None:
+    def retried(self, attempt: int, status: int, backoff: float) -> None:
+        """Attempt `attempt - 1` failed with `status`; attempt `attempt` starts after `backoff`
+        seconds: an event on the call's span (its upstream spans are children of the same span)."""
+        span = self.span
+        if span is not None:
+            span.add_event(
+                "retry",
+                {
+                    "grpc_mesh.attempt": attempt,
+                    "rpc.grpc.status_code": status,
+                    "grpc_mesh.backoff_ms": backoff * 1e3,
+                },
+            )
+
+    def end(self, status: int, attempts: int = 1) -> None:
         span = self.span
         if span is None:
             return
         span.set_attribute("rpc.grpc.status_code", status)
+        if attempts > 1:
+            span.set_attribute("grpc_mesh.attempts", attempts)
         if status and (span.kind is SpanKind.CLIENT or status in _SERVER_ERRORS):
             span.set_status(Status(StatusCode.ERROR))
         span.end()

@@ -213,3 +213,19 @@ def test_unsampled_calls_make_no_span_and_change_nothing() -> None:
     assert b3 is not None and b3.span is None
     assert _sent(b3.headers) == (TRACE, PARENT, False)
     assert len(_finished(tracer, exporter)) == 1
+
+
+def test_retries_show_on_the_calls_span_as_attempts() -> None:
+    tracer, exporter = _tracer()
+    call = tracer.start(BASE, PATH, "outbound")
+    assert call is not None
+    call.retried(2, 14, 0.025)
+    call.retried(3, 14, 0.05)
+    call.end(0, attempts=3)
+    [span] = _finished(tracer, exporter)
+    assert span.attributes["grpc_mesh.attempts"] == 3
+    events = [(e.name, dict(e.attributes or {})) for e in span.events]
+    assert [(name, a["grpc_mesh.attempt"], a["rpc.grpc.status_code"]) for name, a in events] == [
+        ("retry", 2, 14),
+        ("retry", 3, 14),
+    ]
