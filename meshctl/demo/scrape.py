@@ -1,45 +1,30 @@
-"""What the demo's view shows, computed from the sidecars' Prometheus `/metrics`: per destination
-service and version, the calls the calling sidecars reported (`reporter="source"`), how many
-succeeded, their latency histogram; and the mesh's own counters (`grpc_mesh_*`).
-
-A `Sample` is one scrape of every calling sidecar, summed; `rows(older, newer)` turns two samples
-into req/s, success rate, p50/p99 (interpolated within Istio's histogram buckets, as Prometheus'
-`histogram_quantile` does) and each version's share of its service's calls.
+"""What the demo's view shows, computed from the calling sidecars' Prometheus `/metrics`: per
+destination service and version, the calls the callers reported (`reporter="source"`) — counted,
+windowed and turned into rate, success rate and p50/p99 by `meshctl.mesh_stats`, the same code as
+`meshctl stat` — plus each version's share of its service's calls, and the mesh's own counters
+(`grpc_mesh_*`: retries, ejections...).
 """
 
 from __future__ import annotations
 
-import math
-import urllib.request
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from prometheus_client.parser import text_string_to_metric_families
 
-SCRAPE_TIMEOUT = 2.0
-REQUESTS = "istio_requests_total"
-DURATION = "istio_request_duration_milliseconds"
-OK = "0"
+from meshctl import mesh_stats
 
-Key = tuple[str, str]  # (destination service, destination version)
-
-
-@dataclass
-class Series:
-    """One (service, version): calls, calls that ended OK, and the duration histogram (cumulative
-    counts per upper bound, as exposed)."""
-
-    calls: float = 0.0
-    ok: float = 0.0
-    buckets: dict[float, float] = field(default_factory=dict)
+REPORTER = "source"  # the callers' view: what the load generator and orders saw
 
 
 @dataclass
 class Sample:
+    """One read of every calling sidecar."""
+
     time: float
-    series: dict[Key, Series] = field(default_factory=dict)
-    counters: dict[str, float] = field(default_factory=dict)  # "grpc_mesh_x{direction}" → value
-    errors: list[str] = field(default_factory=list)  # sidecars that could not be scraped
+    counts: mesh_stats.Scrape = field(default_factory=dict)  # per sidecar, per (service, version)
+    counters: dict[str, float] = field(default_factory=dict)  # "grpc_mesh_x{direction}" → value, summed
+    errors: list[str] = field(default_factory=list)  # sidecars that could not be read
 
 
 @dataclass(frozen=True)
@@ -48,42 +33,28 @@ class Row:
     version: str
     calls: int
     rate: float  # calls per second
-    success: float  # 0..1 (1.0 when there were no calls)
+    success: float  # 0..1
     p50: float  # ms
     p99: float  # ms
     share: float  # of the service's calls, 0..1
 
 
-def parse(text: str, into: Sample) -> None:
-    """Add one sidecar's exposition to `into`."""
+def parse_counters(text: str, into: dict[str, float]) -> None:
+    """Add one sidecar's `grpc_mesh_*` counters to `into`, named with their direction."""
     for family in text_string_to_metric_families(text):
+        if family.type != "counter" or not family.name.startswith("grpc_mesh_"):
+            continue
         for s in family.samples:
-            labels = s.labels
-            if family.name == "istio_requests" and s.name == REQUESTS:
-                if labels.get("reporter") != "source":
-                    continue
-                series = into.series.setdefault(_key(labels), Series())
-                series.calls += s.value
-                if labels.get("grpc_response_status") == OK:
-                    series.ok += s.value
-            elif family.name == DURATION and s.name == DURATION + "_bucket":
-                if labels.get("reporter") != "source":
-                    continue
-                series = into.series.setdefault(_key(labels), Series())
-                bound = float(labels["le"])
-                series.buckets[bound] = series.buckets.get(bound, 0.0) + s.value
-            elif (
-                family.type == "counter"
-                and family.name.startswith("grpc_mesh_")
-                and s.name.endswith("_total")
-            ):
-                direction = labels.get("direction", "")
+            if s.name.endswith("_total"):
+                direction = s.labels.get("direction", "")
                 name = s.name.removesuffix("_total") + (f"{{{direction}}}" if direction else "")
-                into.counters[name] = into.counters.get(name, 0.0) + s.value
+                into[name] = into.get(name, 0.0) + s.value
 
 
-def _key(labels: Mapping[str, str]) -> Key:
-    return labels.get("destination_service", "unknown"), labels.get("destination_version", "unknown")
+def read(admin: str, text: str, into: Sample) -> None:
+    """Add one sidecar's exposition to `into`."""
+    into.counts[admin] = mesh_stats.parse_metrics(text, REPORTER)
+    parse_counters(text, into.counters)
 
 
 def scrape(admins: Iterable[str], now: float) -> Sample:
@@ -91,62 +62,34 @@ def scrape(admins: Iterable[str], now: float) -> Sample:
     sample = Sample(now)
     for admin in admins:
         try:
-            with urllib.request.urlopen(f"http://{admin}/metrics", timeout=SCRAPE_TIMEOUT) as reply:
-                parse(reply.read().decode("utf-8", "replace"), sample)
-        except (OSError, ValueError) as exc:
-            sample.errors.append(f"{admin}: {exc}")
+            read(admin, mesh_stats.fetch_metrics(admin, timeout=2.0), sample)
+        except (mesh_stats.ScrapeError, ValueError) as exc:
+            sample.errors.append(str(exc))
     return sample
-
-
-def quantile(q: float, buckets: Mapping[float, float]) -> float:
-    """The q-quantile (0..1) of a cumulative histogram {upper bound: count}, interpolated linearly
-    within its bucket; 0.0 when empty. Past the last finite bound: that bound."""
-    bounds = sorted(buckets)
-    if not bounds or buckets[bounds[-1]] <= 0:
-        return 0.0
-    rank = q * buckets[bounds[-1]]
-    lower, below = 0.0, 0.0
-    for bound in bounds:
-        count = buckets[bound]
-        if count >= rank:
-            if math.isinf(bound):
-                return lower
-            inside = count - below
-            return lower + (bound - lower) * ((rank - below) / inside if inside > 0 else 1.0)
-        lower, below = bound, count
-    return lower
 
 
 def rows(older: Sample, newer: Sample) -> list[Row]:
     """Per (service, version), what happened between the two samples; services and versions with
     no calls in between are left out."""
-    span = max(newer.time - older.time, 1e-9)
-    deltas: dict[Key, Series] = {}
-    for key, new in newer.series.items():
-        old = older.series.get(key, Series())
-        calls = new.calls - old.calls
-        if calls <= 0:
-            continue
-        buckets = {b: n - old.buckets.get(b, 0.0) for b, n in new.buckets.items()}
-        deltas[key] = Series(calls, new.ok - old.ok, buckets)
+    window = [
+        r for r in mesh_stats.rows(newer.counts, older.counts, newer.time - older.time) if r.requests > 0
+    ]
     per_service: dict[str, float] = {}
-    for (service, _), d in deltas.items():
-        per_service[service] = per_service.get(service, 0.0) + d.calls
-    out = []
-    for (service, version), d in sorted(deltas.items()):
-        out.append(
-            Row(
-                service,
-                version,
-                round(d.calls),
-                d.calls / span,
-                d.ok / d.calls,
-                quantile(0.5, d.buckets),
-                quantile(0.99, d.buckets),
-                d.calls / per_service[service],
-            )
+    for r in window:
+        per_service[r.service] = per_service.get(r.service, 0.0) + r.requests
+    return [
+        Row(
+            r.service,
+            r.version,
+            round(r.requests),
+            r.rate or 0.0,
+            r.success_rate if r.success_rate is not None else 1.0,
+            r.p50_ms or 0.0,
+            r.p99_ms or 0.0,
+            r.requests / per_service[r.service],
         )
-    return out
+        for r in window
+    ]
 
 
 def counter_deltas(older: Sample, newer: Sample, words: Iterable[str]) -> dict[str, float]:

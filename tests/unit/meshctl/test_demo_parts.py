@@ -73,29 +73,19 @@ METRICS = "\n".join(
 )
 
 
-def test_parse_sums_source_series_and_keeps_mesh_counters() -> None:
+def test_a_sample_keeps_each_sidecars_caller_counts_and_sums_mesh_counters() -> None:
     sample = scrape.Sample(0.0)
-    scrape.parse(METRICS, sample)
-    scrape.parse(METRICS, sample)  # a second sidecar adds to the same series
-    v1, v2 = sample.series[("users", "v1")], sample.series[("users", "v2")]
-    assert (v1.calls, v1.ok) == (200, 180)
-    assert (v2.calls, v2.ok) == (200, 200)  # the destination-reported 999 is not a caller's view
-    assert v2.buckets[5.0] == 100 and v2.buckets[float("inf")] == 200
+    scrape.read("a:1", METRICS, sample)
+    scrape.read("b:2", METRICS, sample)  # a second sidecar
+    v1 = sample.counts["a:1"][("users", "v1")]
+    assert (v1.requests, v1.successes) == (100, 90)
+    assert sample.counts["b:2"][("users", "v2")].requests == 100  # the destination-reported 999 is not
     assert sample.counters == {"grpc_mesh_retries{outbound}": 14, "grpc_mesh_not_grpc{outbound}": 6}
-
-
-def test_quantile_interpolates_within_its_bucket() -> None:
-    buckets = {1.0: 0.0, 5.0: 50.0, 10.0: 100.0, float("inf"): 100.0}
-    assert scrape.quantile(0.5, buckets) == 5.0
-    assert scrape.quantile(0.75, buckets) == 7.5
-    assert scrape.quantile(0.99, buckets) == pytest.approx(9.9)
-    assert scrape.quantile(0.5, {}) == 0.0
-    assert scrape.quantile(0.99, {10.0: 1.0, float("inf"): 100.0}) == 10.0  # past the last finite bound
 
 
 def test_rows_are_the_difference_between_two_samples() -> None:
     older, newer = scrape.Sample(10.0), scrape.Sample(12.0)
-    scrape.parse(METRICS, newer)
+    scrape.read("a:1", METRICS, newer)
     rows = {(r.service, r.version): r for r in scrape.rows(older, newer)}
     v1, v2 = rows[("users", "v1")], rows[("users", "v2")]
     assert (v1.calls, v1.rate, v1.success, v1.share) == (100, 50.0, 0.9, 0.5)
