@@ -93,8 +93,6 @@ def run(args: argparse.Namespace) -> int:
     from meshctl.demo import mesh as demo_mesh
 
     demo_mesh.ensure_stubs_importable()
-    from control_plane.ca import CAError
-
     ports = demo_mesh.Ports.any() if args.any_ports else demo_mesh.Ports()
     code = 1
     try:
@@ -117,9 +115,6 @@ def run(args: argparse.Namespace) -> int:
         return 1
     except procs.ProcessError as err:
         print(f"meshctl demo: {err}", file=sys.stderr)
-        return 1
-    except CAError as err:
-        print(f"meshctl demo: could not issue certificates: {err}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("meshctl demo: interrupted while starting; every process started was stopped", file=sys.stderr)

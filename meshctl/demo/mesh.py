@@ -1,6 +1,7 @@
 """Launch the demo mesh on loopback: a control plane with its store and a fresh CA, users v1
 (two instances) and users v2 (one), orders, and a client-only sidecar for the load generator,
-every app behind a sidecar that learns the mesh from the control plane.
+every app behind a sidecar that learns the mesh from the control plane and gets its certificate
+from the control plane's CA (a join token per service, minted with the control plane's key).
 
 Listeners bind port 0 and are learned from the ready file of the process that owns it, except
 the ones a person types (`Ports`): the control plane's gRPC and REST ports and the load
@@ -27,7 +28,6 @@ from typing import Any
 
 import yaml
 
-from control_plane.ca import CertificateAuthority, SpiffeId, WorkloadFiles, issue_workload_files
 from meshctl import procs
 
 TRUST_DOMAIN = "cluster.local"
@@ -194,22 +194,26 @@ class DemoMesh:
         return [s for s in self.sidecars.values() if s.outbound is not None]
 
 
-def issue_certificates(certs_dir: Path, services: list[str]) -> dict[str, WorkloadFiles]:
-    """A fresh CA (saved under certs_dir/ca) and one workload certificate per service (the
-    instances of one service share its SPIFFE ID)."""
-    for sub in ("ca", "workloads"):
-        shutil.rmtree(certs_dir / sub, ignore_errors=True)
-    ca = CertificateAuthority.create(TRUST_DOMAIN, now=datetime.now(UTC))
-    ca.save(certs_dir / "ca")
-    return {
-        name: issue_workload_files(ca, SpiffeId(TRUST_DOMAIN, NAMESPACE, name), certs_dir / "workloads")
-        for name in services
-    }
+def write_join_tokens(control_plane_data: Path, out_dir: Path, services: list[str]) -> dict[str, Path]:
+    """A join token per service (mode 0600 files in `out_dir`), signed with the control plane's key:
+    what each sidecar shows the control plane's CA to get its first certificate."""
+    from control_plane.auth import load_signing_key
+    from control_plane.join_tokens import mint_join_token
+
+    key = load_signing_key(control_plane_data)
+    paths = {}
+    for service in services:
+        token = mint_join_token(key, namespace=NAMESPACE, service=service, now=datetime.now(UTC))
+        path = out_dir / f"{service}.token"
+        path.touch(mode=0o600)
+        path.write_text(token + "\n")
+        paths[service] = path
+    return paths
 
 
 def sidecar_config(
     service: str,
-    tls: WorkloadFiles,
+    join_token: Path,
     *,
     control_plane: str,
     version: str = "v1",
@@ -231,7 +235,7 @@ def sidecar_config(
         "labels": {"version": version},
         "control_plane": control_plane,
         "listeners": listeners,
-        "tls": {"cert": str(tls.cert), "key": str(tls.key), "ca": str(tls.ca)},
+        "join_token": {"file": str(join_token)},  # the certificate comes from the control plane's CA
         "drain_seconds": DRAIN_SECONDS,
         "retry_budget": RETRY_BUDGET,
     }
@@ -318,34 +322,34 @@ class Launcher:
         for stale in (self.run_dir, self.mesh.log_dir):  # left by an earlier run in the same --dir
             shutil.rmtree(stale, ignore_errors=True)
         self.run_dir.mkdir(parents=True)
-        certs = issue_certificates(self.mesh.data_dir / "certs", ["users", "orders", "loadgen"])
         control_plane = self.control_plane().grpc
+        tokens = write_join_tokens(self.mesh.api.data_dir, self.run_dir, ["users", "orders", "loadgen"])
 
         for instance, version in USERS_INSTANCES:
             app = self.app(
                 instance, "services.users", f"{HOST}:0", "--version", version, "--instance", instance
             )
             config = sidecar_config(
-                "users", certs["users"], control_plane=control_plane, version=version, app=app,
+                "users", tokens["users"], control_plane=control_plane, version=version, app=app,
                 grpc_services=["demo.v1.Users"],
             )  # fmt: skip
             self.sidecar(instance, config)
-        self._orders_pair(certs["orders"], control_plane)
+        self._orders_pair(tokens["orders"], control_plane)
         entry = f"{HOST}:{self.ports.entry}"
         config = sidecar_config(
-            "loadgen", certs["loadgen"], control_plane=control_plane, app=None, outbound=entry,
+            "loadgen", tokens["loadgen"], control_plane=control_plane, app=None, outbound=entry,
             dependencies=["users", "orders"],
         )  # fmt: skip
         self.sidecar("loadgen", config)
         return self.mesh
 
-    def _orders_pair(self, tls: WorkloadFiles, control_plane: str) -> Sidecar:
+    def _orders_pair(self, join_token: Path, control_plane: str) -> Sidecar:
         """The orders sidecar, then the orders app on the port that sidecar relays to."""
         attempt = 1
         while True:
             app = f"{HOST}:{free_port()}"
             config = sidecar_config(
-                "orders", tls, control_plane=control_plane, app=app, grpc_services=["demo.v1.Orders"],
+                "orders", join_token, control_plane=control_plane, app=app, grpc_services=["demo.v1.Orders"],
                 outbound=f"{HOST}:0", dependencies=["users"],
             )  # fmt: skip
             proc, sidecar = self.sidecar("orders", config)

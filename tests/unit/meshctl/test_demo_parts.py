@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 
-from control_plane.ca import WorkloadFiles
 from meshctl.demo import mesh as demo_mesh
 
 demo_mesh.ensure_stubs_importable()
@@ -132,9 +131,8 @@ def test_summary_names_the_failed_checks() -> None:
 
 
 def test_sidecar_configs_are_ones_the_sidecar_accepts(tmp_path: Path) -> None:
-    tls = WorkloadFiles(cert=tmp_path / "o.pem", key=tmp_path / "o-key.pem", ca=tmp_path / "ca.pem")
-    for path in (tls.cert, tls.key, tls.ca):
-        path.write_text("")  # the config checks that they exist; the sidecar reads them later
+    tls = tmp_path / "join.token"
+    tls.write_text("a token")  # the config checks that it can be read; the sidecar shows it to the CA
     orders = demo_mesh.sidecar_config(
         "orders", tls, control_plane="127.0.0.1:15010", app="127.0.0.1:5", grpc_services=["demo.v1.Orders"],
         outbound="127.0.0.1:0", dependencies=["users"],
