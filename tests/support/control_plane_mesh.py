@@ -177,38 +177,18 @@ class ControlPlaneProcess:
 
     def token(self, role: str = "admin") -> str:
         """A bearer token of `role` from `meshctl token create` (minted once per role)."""
-        if role not in self._tokens:
-            done = subprocess.run(
-                procs.python_argv(
-                    "-m", "meshctl", "token", "create", "--role", role, "--data-dir", str(self.data_dir)
-                ),
-                capture_output=True,
-                text=True,
-                env=dict(os.environ, **child_env()),
-                cwd=REPO,
-                timeout=COMMAND_TIMEOUT,
-                check=False,
-            )
-            assert done.returncode == 0, done.stderr
-            self._tokens[role] = done.stdout.strip()
-        return self._tokens[role]
+        return self._minted(role, "--role", role)
 
     def join_token(self, service: str, namespace: str = NAMESPACE) -> str:
         """A join token for `service` from `meshctl token create --service` (minted once each)."""
-        key = f"join:{namespace}/{service}"
+        return self._minted(f"join:{namespace}/{service}", "--service", service, "--namespace", namespace)
+
+    def _minted(self, key: str, *argv: str) -> str:
+        """`meshctl token create ARGV` on this control plane's data dir, run once per key."""
         if key not in self._tokens:
             done = subprocess.run(
                 procs.python_argv(
-                    "-m",
-                    "meshctl",
-                    "token",
-                    "create",
-                    "--service",
-                    service,
-                    "--namespace",
-                    namespace,
-                    "--data-dir",
-                    str(self.data_dir),
+                    "-m", "meshctl", "token", "create", *argv, "--data-dir", str(self.data_dir)
                 ),
                 capture_output=True,
                 text=True,
