@@ -51,8 +51,8 @@ def parse_ttl(text: str) -> timedelta:
 def register(subparsers: Any, *, clock: Clock = utc_now) -> None:
     token = subparsers.add_parser(
         "token",
-        help="mint bearer tokens for the control plane's APIs",
-        description="Mint bearer tokens (JWTs) for the control plane's REST and gRPC APIs.",
+        help="mint API bearer tokens (--role) and sidecar join tokens (--service)",
+        description="Mint JWTs: API bearer tokens for the control plane's REST and gRPC APIs (--role), and join tokens a sidecar trades for its first certificate (--service).",
     )
     sub = token.add_subparsers(dest="token_command", required=True, metavar="ACTION")
     create = sub.add_parser(
