@@ -52,7 +52,10 @@ def register(subparsers: Any, *, clock: Clock = utc_now) -> None:
     token = subparsers.add_parser(
         "token",
         help="mint API bearer tokens (--role) and sidecar join tokens (--service)",
-        description="Mint JWTs: API bearer tokens for the control plane's REST and gRPC APIs (--role), and join tokens a sidecar trades for its first certificate (--service).",
+        description=(
+            "Mint JWTs: API bearer tokens for the control plane's REST and gRPC APIs (--role), "
+            "and join tokens a sidecar trades for its first certificate (--service)."
+        ),
     )
     sub = token.add_subparsers(dest="token_command", required=True, metavar="ACTION")
     create = sub.add_parser(
