@@ -188,18 +188,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             topo = launch(group, work_dir, f"127.0.0.1:{port}")
             grpc_check.create_user(topo.app_address)
             bench = run.Bench(topo, load, work_dir, noisy_above=args.noisy_above, redos=args.redos)
-            per_row: dict[str, int] = {}
-            for row in topo.rows:
-                warm = bench.attempt(row, 0, args.warmup_requests)
-                if warm is not None:
-                    warm = bench.attempt(row, 0, args.warmup_requests)
-                if warm is not None:
-                    per_row[row.key] = max(500, int(round(warm.req_per_s * args.seconds, -2)))
-            for rep in range(1, args.reps + 1):
-                print(f"bench: round {rep}/{args.reps}", flush=True)
-                for row in topo.rows[rep - 1 :] + topo.rows[: rep - 1]:
-                    if row.key not in bench.broken:
-                        bench.measured_run(row, rep, per_row[row.key])
+            bench.run_rows(topo.rows, args.warmup_requests, args.seconds, args.reps)
         # every sidecar has stopped (and flushed its spans and log lines)
         measured = [row for row in topo.rows if row.key not in bench.broken]
         summaries = [report.summarize(row, bench.samples) for row in measured]

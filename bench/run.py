@@ -108,6 +108,24 @@ class Bench:
         self.samples: list[measure.Sample] = []
         self.broken: dict[str, str] = {}
 
+    def run_rows(self, rows: Sequence[topology.Row], warmup_requests: int, seconds: float, reps: int) -> None:
+        """Two warm-up runs per row (the first pays for connections, handshakes and cold code
+        paths; the second's rate sizes the measured runs), then `reps` rounds, rotated so no row
+        always runs first."""
+        print(f"bench: warm-up, 2 x {warmup_requests} calls per row, h2load {self.load}", flush=True)
+        per_row: dict[str, int] = {}
+        for row in rows:
+            warm = self.attempt(row, 0, warmup_requests)
+            if warm is not None:
+                warm = self.attempt(row, 0, warmup_requests)
+            if warm is not None:
+                per_row[row.key] = max(500, int(round(warm.req_per_s * seconds, -2)))
+        for rep in range(1, reps + 1):
+            print(f"bench: round {rep}/{reps}", flush=True)
+            for row in [*rows[rep - 1 :], *rows[: rep - 1]]:
+                if row.key not in self.broken:
+                    self.measured_run(row, rep, per_row[row.key])
+
     def measured_run(self, row: topology.Row, rep: int, requests: int) -> measure.Sample | None:
         """A measured run; done again (at most REDOS_PER_RUN times, and while the whole run's budget
         lasts) when other work kept the machine busy meanwhile."""
@@ -171,22 +189,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             rows = [row for row in topo.rows if not wanted or row.key in wanted]
             grpc_check.create_user(topo.app_address)
             bench = Bench(topo, load, work_dir, noisy_above=args.noisy_above, redos=args.redos)
-
-            print(f"bench: warm-up, 2 x {args.warmup_requests} calls per row, h2load {load}", flush=True)
-            per_row: dict[str, int] = {}
-            for row in rows:
-                # Two runs: the first pays for connections, handshakes and cold code paths; the
-                # second's rate sizes the measured runs.
-                warm = bench.attempt(row, 0, args.warmup_requests)
-                if warm is not None:
-                    warm = bench.attempt(row, 0, args.warmup_requests)
-                if warm is not None:
-                    per_row[row.key] = max(500, int(round(warm.req_per_s * args.seconds, -2)))
-            for rep in range(1, args.reps + 1):
-                print(f"bench: round {rep}/{args.reps}", flush=True)
-                for row in rows[rep - 1 :] + rows[: rep - 1]:  # rotated: no row always runs first
-                    if row.key not in bench.broken:
-                        bench.measured_run(row, rep, per_row[row.key])
+            bench.run_rows(rows, args.warmup_requests, args.seconds, args.reps)
         measured = [row for row in rows if row.key not in bench.broken]
         text = report.render(info, rows, measured, bench.samples, bench.broken)
         print("\n" + text)

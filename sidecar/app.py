@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import logging
 import os
@@ -41,6 +40,7 @@ from sidecar.ratelimit import NO_LIMITS, RateLimitCollector, RateLimiter, RateLi
 from sidecar.relay import Relay
 from sidecar.retry import Destinations
 from sidecar.stats import Stats
+from sidecar.tasks import cancel_all
 from sidecar.tracing import Tracer, tracer_from_env
 from sidecar.traffic import NO_TRAFFIC, Traffic
 
@@ -426,10 +426,7 @@ class Sidecar:
             server.close()
         await asyncio.gather(*(relay.drain(timeout) for relay in self._relays))
         await self.health_checkers.stop()
-        if self._cluster_timer is not None:
-            self._cluster_timer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._cluster_timer
+        await cancel_all([self._cluster_timer])
         if self.workload is not None:
             await self.workload.stop()
         await self.pools.close()

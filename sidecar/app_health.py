@@ -10,7 +10,6 @@ asked again.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 
@@ -19,6 +18,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from sidecar.config import Address
 from sidecar.discovery import Backoff
+from sidecar.tasks import cancel_all
 
 log = logging.getLogger(__name__)
 
@@ -46,10 +46,7 @@ class AppHealthWatcher:
             self._task = asyncio.get_running_loop().create_task(self.run(), name="app-health")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await cancel_all([self._task])
 
     def _set(self, serving: bool) -> None:
         if serving != self.serving:

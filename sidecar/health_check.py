@@ -16,7 +16,6 @@ new calls within `interval * unhealthyThreshold`, and the calls in flight finish
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -29,6 +28,7 @@ from sidecar.grpc_wire import Code, decode_message, format_timeout, status_of
 from sidecar.h2.hpack_codec import Header, HeaderList
 from sidecar.h2.stream import Stream
 from sidecar.pool import Pools, UpstreamPool
+from sidecar.tasks import cancel_all
 
 log = logging.getLogger(__name__)
 
@@ -230,8 +230,4 @@ class HealthCheckers:
         self._running = False
         tasks = list(self._tasks.values())
         self._tasks.clear()
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_all(tasks)

@@ -34,6 +34,7 @@ from control_plane.possession import DISCOVERY, sign_proof
 from sidecar import tls
 from sidecar.ca_client import BadCertificate, Issued, fetch_certificate
 from sidecar.discovery import Backoff
+from sidecar.tasks import cancel_all
 
 log = logging.getLogger(__name__)
 
@@ -152,11 +153,8 @@ class WorkloadIdentity:
             self._task = loop.create_task(self._renew_loop(), name="certificate-renewal")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel_all([self._task])
+        self._task = None
         if self._channel is not None:
             await self._channel.close()
             self._channel = None

@@ -27,6 +27,8 @@ from urllib.parse import unquote, urlsplit
 import aiohttp
 import jwt
 
+from sidecar.tasks import cancel_all
+
 log = logging.getLogger(__name__)
 
 ALGORITHMS = ("RS256", "ES256")
@@ -194,11 +196,7 @@ class JwksStore:
     async def close(self) -> None:
         tasks = list(self._tasks.values())
         self._tasks.clear()
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_all(tasks)
         if self._session is not None:
             await self._session.close()
             self._session = None

@@ -25,7 +25,6 @@ A spec the sidecar cannot use raises `PolicyRejected` naming the field; discover
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import logging
 import math
@@ -42,6 +41,7 @@ from sidecar.authz import Patterns, Peer, _patterns
 from sidecar.config import Policy
 from sidecar.errors import MeshError, RateLimited, RateLimitUnavailable
 from sidecar.stats import Stats
+from sidecar.tasks import cancel_all
 from sidecar.traffic import PolicyRejected, _dicts, _get
 
 log = logging.getLogger(__name__)
@@ -452,11 +452,7 @@ class RateLimiter:
             await asyncio.gather(*self._tasks, return_exceptions=True)
 
     async def close(self) -> None:
-        for task in list(self._tasks):
-            task.cancel()
-        for task in list(self._tasks):
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_all(list(self._tasks))
         if self.shared is not None:
             await self.shared.close()
 
